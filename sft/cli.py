@@ -1,0 +1,214 @@
+"""`sft` command line: train (Hydra), eval, predict.
+
+User errors (bad config, missing files, bad data) print one line and exit with status 2;
+SFT_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from sft.config import CONFIG_DIR, describe, register
+from sft.errors import SftError
+
+console = Console(stderr=True)
+log = logging.getLogger("sft")
+
+USAGE = """usage: sft <command> [args]
+
+commands:
+  train [overrides]            fine-tune: sft train task=sentiment model=minilm optimizer.lr=3e-5
+                               (Hydra: --multirun, --cfg job, --help for every group and key)
+  eval RUN_DIR [split=NAME]    evaluate a run's best/ model on a split (default validation)
+  predict RUN_DIR --input F --output F
+                               predict jsonl/csv records, write jsonl with label and scores
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    commands = {"train": _train, "eval": _eval, "predict": _predict}
+    if command not in commands:
+        console.print(f"error: unknown command '{command}'; choose one of: {', '.join(commands)}")
+        return 2
+    try:
+        return commands[command](rest) or 0
+    except Exception as err:  # one line for anything the user can fix
+        if os.environ.get("SFT_DEBUG") == "1" or not _is_user_error(err):
+            raise
+        console.print(f"[red]error:[/red] {describe(err)}", highlight=False, soft_wrap=True)
+        return 2
+
+
+def _is_user_error(err: BaseException) -> bool:
+    from hydra.errors import HydraException
+
+    return isinstance(err, (SftError, HydraException, OmegaConfBaseException))
+
+
+# -- train ------------------------------------------------------------------------------
+def _train(args: list[str]) -> int:
+    import hydra
+
+    register()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach main(), which prints one line
+    sys.argv = ["sft train", *args]
+    _failed_jobs.clear()
+    hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(
+        _train_job)()
+    multirun = any(a in {"-m", "--multirun"} for a in args)
+    if _failed_jobs and not multirun:
+        raise _failed_jobs[0][1]
+    for run_dir, err in _failed_jobs:
+        console.print(f"[red]job failed:[/red] {run_dir}: {describe(err)}", highlight=False)
+    return 1 if _failed_jobs else 0
+
+
+# (run dir, error) of each failed job: a failing job is recorded, not raised through Hydra,
+# so a sweep goes on and a single run still ends in one clean line from main()
+_failed_jobs: list[tuple[Path, BaseException]] = []
+
+
+def _train_job(cfg: DictConfig) -> float | None:
+    """One Hydra job: validate, train, return the best metric (what Optuna optimizes)."""
+    import datasets
+    from hydra.core.hydra_config import HydraConfig
+
+    from sft.config import to_run_config
+    from sft.runner import train
+
+    datasets.disable_progress_bars()
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        run = to_run_config(cfg)
+        run = replace(run, run_dir=str(run_dir))
+        console.print(config_tree(cfg))
+        metrics = train(run, list(hydra_cfg.overrides.task), console)
+    except Exception as err:
+        if os.environ.get("SFT_DEBUG") == "1":
+            raise
+        if isinstance(err, SftError):
+            _remove_if_untouched(run_dir)
+        log.error("%s", describe(err) if _is_user_error(err) else repr(err))
+        _failed_jobs.append((run_dir, err))
+        return None
+    return metrics.get("best/value")
+
+
+def _remove_if_untouched(run_dir: Path) -> None:
+    """A user error before training wrote anything: leave no half-made run dir behind."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir)
+
+
+def config_tree(cfg: DictConfig) -> Tree:
+    tree = Tree("[bold]config", guide_style="dim")
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            branch = tree.add(f"[bold cyan]{key}")
+            branch.add(OmegaConf.to_yaml(value, resolve=True).rstrip())
+        else:
+            tree.add(f"[bold cyan]{key}[/]: {value}")
+    return tree
+
+
+# -- eval / predict ---------------------------------------------------------------------
+def _parse_overrides(items: list[str]) -> tuple[str, list[str]]:
+    split, overrides = "validation", []
+    for item in items:
+        if "=" not in item:
+            raise SftError(f"unexpected argument '{item}'; use key=value (e.g. split=test)")
+        key, value = item.split("=", 1)
+        if key == "split":
+            split = value
+        else:
+            overrides.append(item)
+    return split, overrides
+
+
+def _eval(args: list[str]) -> int:
+    from sft.hardware import autocast_dtype
+    from sft.runner import load_finished
+    from sft.trainer import evaluate
+
+    parser = argparse.ArgumentParser(prog="sft eval", description="evaluate a run's best model")
+    parser.add_argument("run_dir")
+    parser.add_argument("overrides", nargs="*", help="split=NAME and config overrides")
+    ns = parser.parse_args(args)
+    split, overrides = _parse_overrides(ns.overrides)
+    run, prepared, model = load_finished(ns.run_dir, overrides, (split,))
+    metrics = evaluate(prepared.task, model, prepared.features[split], run,
+                       autocast_dtype(run.hardware, model.device))
+    table = Table(title=f"{ns.run_dir} · {split}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    print(json.dumps({f"{split}/{k}": v for k, v in metrics.items()}))
+    return 0
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise SftError(f"input file not found: {path}")
+    if path.suffix.lower() in {".csv", ".tsv"}:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise SftError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    return records
+
+
+def _predict(args: list[str]) -> int:
+    from sft.runner import load_finished
+
+    parser = argparse.ArgumentParser(prog="sft predict", description="predict with best/")
+    parser.add_argument("run_dir")
+    parser.add_argument("--input", required=True, type=Path, help="jsonl or csv records")
+    parser.add_argument("--output", required=True, type=Path, help="jsonl predictions")
+    parser.add_argument("--batch-size", type=int, default=64)
+    ns = parser.parse_args(args)
+    records = read_records(ns.input)
+    if not records:
+        raise SftError(f"{ns.input} holds no records")
+    run, prepared, model = load_finished(ns.run_dir)
+    predictions = prepared.task.predict(model, records, ns.batch_size)
+    ns.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ns.output.with_name(f".{ns.output.name}.tmp")
+    with open(tmp, "w") as f:
+        for record, prediction in zip(records, predictions, strict=True):
+            f.write(json.dumps({**record, **prediction}, ensure_ascii=False) + "\n")
+    tmp.replace(ns.output)
+    console.print(f"wrote {len(predictions)} predictions to {ns.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

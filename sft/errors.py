@@ -1,0 +1,17 @@
+"""User-facing errors: each one is printed as a single line and exits with status 2."""
+
+
+class SftError(Exception):
+    """A problem the user can fix (bad config, missing file, bad data); no traceback shown."""
+
+
+class ConfigError(SftError):
+    """The composed configuration is invalid."""
+
+
+class DataError(SftError):
+    """A data file, split, column or label is missing or wrong."""
+
+
+class ModelError(SftError):
+    """A model or tokenizer cannot be loaded."""

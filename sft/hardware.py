@@ -1,0 +1,46 @@
+"""Device and numeric precision from the `hardware` config."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from sft.config import HardwareConfig
+from sft.errors import ConfigError
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(cfg: HardwareConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("hardware.device=cuda but no CUDA GPU is visible; use hardware=cpu")
+    return torch.device(cfg.device)
+
+
+def autocast_dtype(cfg: HardwareConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. `auto` picks bf16 on GPUs that have it."""
+    if cfg.precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("hardware.precision=fp16 needs a CUDA GPU; use bf16 on CPU")
+    return _DTYPES[cfg.precision]
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,86 @@
+"""Load models and tokenizers (hub id, local folder, packaged weights), and freeze layers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sft.config import ModelConfig
+from sft.errors import ModelError
+
+
+def _source(cfg: ModelConfig) -> str:
+    path = Path(cfg.name_or_path).expanduser()
+    looks_local = cfg.name_or_path.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise ModelError(f"model folder not found: {path}; set model.name_or_path to a folder "
+                         "with config.json, or to a hub id")
+    return str(path) if looks_local else cfg.name_or_path
+
+
+def _load(what: str, cfg: ModelConfig, loader: Any, **kwargs: Any) -> Any:
+    source = _source(cfg)
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    try:
+        return loader(source, revision=cfg.revision, **kwargs)
+    except OSError as err:
+        if Path(source).is_dir():
+            raise ModelError(f"cannot load the {what} from {source}: {err}".splitlines()[0]) from err
+        raise ModelError(
+            f"model '{source}' is not in the local Hugging Face cache and the hub cannot be "
+            f"reached; download it once online (`hf download {source}`) or set "
+            "model.name_or_path=/path/to/a/local/folder"
+        ) from err
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    return _load("tokenizer", cfg, AutoTokenizer.from_pretrained)
+
+
+def load_model(auto_class: Any, cfg: ModelConfig, **config_kwargs: Any) -> PreTrainedModel:
+    """Pretrained weights, or a random init of the same architecture (model.init=random)."""
+    if cfg.init == "random":
+        config = _load("config", cfg, AutoConfig.from_pretrained,
+                       **{**cfg.config_overrides, **config_kwargs})
+        model = auto_class.from_config(config)
+    else:
+        model = _load("model", cfg, auto_class.from_pretrained,
+                      **{**cfg.config_overrides, **config_kwargs})
+    freeze(model, cfg)
+    return model
+
+
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
+
+
+def layer_index(param_name: str) -> int | None:
+    """Index of the transformer layer a parameter belongs to, or None outside the layers."""
+    match = _LAYER_INDEX.search(param_name)
+    return int(match.group(1)) if match else None
+
+
+def is_embedding(param_name: str) -> bool:
+    return "embed" in param_name or ".wte." in param_name or ".wpe." in param_name
+
+
+def num_layers(model: PreTrainedModel) -> int:
+    indices = {layer_index(n) for n, _ in model.named_parameters()} - {None}
+    return max(indices) + 1 if indices else 0  # type: ignore[type-var]
+
+
+def freeze(model: nn.Module, cfg: ModelConfig) -> None:
+    """Freeze the embeddings and/or the bottom `freeze_layers` transformer layers."""
+    if cfg.freeze_layers and cfg.freeze_layers > num_layers(model):  # type: ignore[arg-type]
+        raise ModelError(f"model.freeze_layers={cfg.freeze_layers} but the model has only "
+                         f"{num_layers(model)} layers")  # type: ignore[arg-type]
+    for name, param in model.named_parameters():
+        index = layer_index(name)
+        if (cfg.freeze_embeddings and index is None and is_embedding(name)) or (
+            index is not None and index < cfg.freeze_layers
+        ):
+            param.requires_grad_(False)

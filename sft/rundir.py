@@ -1,0 +1,108 @@
+"""The run directory: resolved config, environment record, metrics and the model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sft.config import RunConfig
+
+CONFIG_FILE = "config.yaml"
+
+
+class RunDir:
+    """Everything a run writes goes through here; on non-zero DDP ranks it writes nothing."""
+
+    def __init__(self, path: str | Path, is_main: bool = True) -> None:
+        self.path = Path(path)
+        self.is_main = is_main
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    def write_config(self, run: RunConfig) -> None:
+        if self.is_main:
+            yaml = OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(run)))
+            (self.path / CONFIG_FILE).write_text(yaml)
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        if self.is_main:
+            tmp = self.path / f".{name}.tmp"
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+            tmp.replace(self.path / name)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one event (train window or evaluation) to metrics.jsonl."""
+        if self.is_main:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def write_card(self, run: RunConfig, metrics: dict[str, Any], command: str) -> None:
+        if not self.is_main:
+            return
+        rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                         for k, v in sorted(metrics.items()))
+        data = f"`{run.data.dir}/{run.task.subdir}`" if run.data.dir else f"hub `{run.task.hub.path}`"
+        (self.path / "README.md").write_text(
+            f"# {run.task.name} / {run.model.name}\n\n"
+            f"Fine-tuned `{run.model.name_or_path}` for **{run.task.name}** "
+            f"({run.task.type}) with sft.\n\n"
+            f"- data: {data}\n- seed: {run.seed}\n"
+            f"- best model: `best/` (transformers `pipeline(\"{_pipeline(run)}\", "
+            f"model=\"best\")`)\n\n"
+            f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+            f"## Reproduce\n\n```\n{command}\nsft reproduce {self.path}\n```\n"
+        )
+
+
+def _pipeline(run: RunConfig) -> str:
+    from sft.tasks import task_class
+
+    return task_class(run.task.type).pipeline_tag
+
+
+def git_state(cwd: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        return {"commit": sha or None, "dirty": bool(git("status", "--porcelain")) if sha else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def environment(run: RunConfig, device: str, overrides: list[str],
+                data_files: dict[str, str]) -> dict[str, Any]:
+    import datasets
+    import hydra
+    import torch
+    import transformers
+
+    return {
+        "command": sys.argv,
+        "overrides": overrides,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "datasets": datasets.__version__, "hydra": hydra.__version__},
+        "git": git_state(Path.cwd()),
+        "device": device,
+        "seed": run.seed,
+        "data_files": data_files,
+    }

@@ -1,0 +1,132 @@
+"""Sequence classification (sentiment, topic, NLI pairs): accuracy and macro-F1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from sft.config import ModelConfig
+from sft.errors import ConfigError, DataError
+from sft.modeling import load_model
+from sft.tasks.base import Evaluator, Task, TaskConfig, batched, pad_columns, to_device
+
+
+@dataclass(frozen=True)
+class ClassificationConfig(TaskConfig):
+    type: str = "classification"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.label_names) < 2:
+            raise ConfigError(f"task.label_names needs at least 2 names, got {self.label_names}")
+
+
+class ClassificationEvaluator(Evaluator):
+    def __init__(self, task: ClassificationTask) -> None:
+        super().__init__()
+        self.task = task
+        self.preds: list[int] = []
+        self.labels: list[int] = []
+
+    def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
+        out = self.task.forward(model, batch)
+        self.add_loss(out.loss, len(batch["labels"]))
+        self.preds += out.logits.argmax(-1).tolist()
+        self.labels += batch["labels"].tolist()
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "accuracy": float(accuracy_score(self.labels, self.preds)),
+            "f1_macro": float(f1_score(self.labels, self.preds, average="macro")),
+            "mcc": float(matthews_corrcoef(self.labels, self.preds)),
+        }
+
+
+class ClassificationTask(Task):
+    config_class = ClassificationConfig
+    pipeline_tag = "text-classification"
+    config: ClassificationConfig
+
+    def _text_columns(self) -> list[str]:
+        c = self.config
+        return [c.text_column] + ([c.text_pair_column] if c.text_pair_column else [])
+
+    def prepare_split(self, dataset: Any, split: str) -> Any:
+        c = self.config
+        for column in [*self._text_columns(), c.label_column]:
+            if column not in dataset.column_names:
+                raise DataError(
+                    f"column '{column}' not found in the {split} split (columns: "
+                    f"{', '.join(dataset.column_names)}); set task.text_column / "
+                    "task.label_column to the right names"
+                )
+        to_id = self._label_ids(set(dataset.unique(c.label_column)), split)
+        return dataset.map(lambda rows: {"labels": [to_id[v] for v in rows[c.label_column]]},
+                           batched=True, desc=f"labels ({split})")
+
+    def _label_ids(self, values: set, split: str) -> dict[Any, int]:
+        names = list(self.config.label_names)
+        to_id: dict[Any, int] = {}
+        for value in values:
+            if isinstance(value, str) and value in names:
+                to_id[value] = names.index(value)
+            elif isinstance(value, (int, str)) and str(value).lstrip("-").isdigit() \
+                    and 0 <= int(value) < len(names):
+                to_id[value] = int(value)
+            else:
+                raise DataError(
+                    f"label {value!r} in the {split} split is outside the label set {names} "
+                    "(ids 0..{}); fix the data or task.label_names".format(len(names) - 1)
+                )
+        return to_id
+
+    def featurize(self, rows: dict[str, list]) -> dict[str, list]:
+        texts = [rows[column] for column in self._text_columns()]
+        features = self.tokenizer(*texts, truncation=True, max_length=self.data.max_length)
+        return {**features, "labels": rows["labels"]}
+
+    def collate(self, columns: dict[str, list], pad_to_multiple_of: int | None) -> dict[str, Any]:
+        pad = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        batch: dict[str, Any] = pad_columns(columns, pad, pad_to_multiple_of)
+        if "labels" in columns:
+            batch["labels"] = torch.as_tensor(columns["labels"], dtype=torch.long)
+        return batch
+
+    def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
+        names = list(self.config.label_names)
+        return load_model(
+            AutoModelForSequenceClassification, model_cfg, num_labels=len(names),
+            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        )
+
+    def evaluator(self) -> ClassificationEvaluator:
+        return ClassificationEvaluator(self)
+
+    @torch.inference_mode()
+    def predict(self, model: PreTrainedModel, records: list[dict[str, Any]],
+                batch_size: int) -> list[dict[str, Any]]:
+        columns = self._text_columns()
+        for column in columns:
+            if any(column not in r for r in records):
+                raise DataError(f"prediction input needs a '{column}' field in every record")
+        names = list(self.config.label_names)
+        results: list[dict[str, Any]] = []
+        for chunk in batched(records, batch_size):
+            rows = {c: [r[c] for r in chunk] for c in columns}
+            enc = self.tokenizer(*rows.values(), truncation=True,
+                                 max_length=self.data.max_length, padding=True,
+                                 return_tensors="pt")
+            logits = self.forward(model, to_device(dict(enc), model.device)).logits
+            for p in logits.float().softmax(-1).tolist():
+                best = max(range(len(p)), key=p.__getitem__)
+                results.append({"label": names[best], "score": p[best],
+                                "scores": dict(zip(names, p, strict=True))})
+        return results

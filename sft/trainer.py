@@ -1,0 +1,296 @@
+"""The one training loop, on plain PyTorch.
+
+Trainer(run, task, model, tokenizer, features, run_dir).fit() trains and returns the final
+metrics. Every feature is a config flag:
+
+- length: `trainer.epochs`, or `trainer.max_steps` (> 0 wins); one step = one optimizer update
+- `trainer.batch_size` x `trainer.grad_accum` micro-batches per step; `trainer.max_grad_norm`
+- LR: `optimizer` (param groups, no decay on bias/norms, `layer_decay`) and `scheduler` (warmup)
+- evaluation every `trainer.eval_steps` (default: each epoch end) and at the end, streamed
+  batch by batch through the task's evaluator; `trainer.metric` picks best/,
+  `trainer.early_stopping_patience` stops after that many evaluations without improvement
+- checkpoints every `trainer.save_steps` (default: at each evaluation), `trainer.keep_last`
+- `hardware.precision` autocast (bf16/fp16 with a grad scaler), `hardware.compile`
+- dynamic padding to `trainer.pad_to_multiple_of`; the loss is read back to the host only
+  every `trainer.log_steps` steps, so the hot loop never waits on the device
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sft import checkpoint
+from sft.config import RunConfig
+from sft.hardware import autocast, autocast_dtype, resolve_device
+from sft.optim import build_optimizer, build_scheduler
+from sft.rundir import RunDir
+from sft.sampling import epoch_batches
+from sft.tasks.base import Task, to_device
+
+log = logging.getLogger("sft")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (state[0], state[1].tolist(), *state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_loader(task: Task, dataset: Dataset, batches: list[list[int]], pad: int | None,
+                num_workers: int) -> DataLoader:
+    """Each sampler item is a whole batch of indices, fetched columnar in one read."""
+    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers,
+                      collate_fn=lambda columns: task.collate(columns, pad))
+
+
+@torch.inference_mode()
+def evaluate(task: Task, model: PreTrainedModel, dataset: Dataset, run: RunConfig,
+             dtype: torch.dtype | None) -> dict[str, float]:
+    """Stream a split through the task's evaluator in sequential batches; nothing
+    per-example is kept beyond what the metric needs."""
+    t = run.trainer
+    batches = epoch_batches(len(dataset), t.eval_batch_size, 0, 0, shuffle=False)
+    loader = make_loader(task, dataset, batches, t.pad_to_multiple_of, run.data.num_workers)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    evaluator = task.evaluator()
+    for batch in loader:
+        with autocast(device, dtype):
+            evaluator.update(model, to_device(batch, device))
+    model.train(was_training)
+    return evaluator.compute()
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, task: Task, model: PreTrainedModel,
+                 tokenizer: PreTrainedTokenizerBase, features: DatasetDict, run_dir: RunDir,
+                 console: Console | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.run, self.task, self.tokenizer, self.features = run, task, tokenizer, features
+        self.run_dir, self.rank, self.world_size = run_dir, rank, world_size
+        self.console = console or Console(stderr=True)
+        self.device = resolve_device(run.hardware)
+        self.dtype = autocast_dtype(run.hardware, self.device)
+        self.model = model.to(self.device)
+        self.forward_model = torch.compile(model) if run.hardware.compile else model
+        t = run.trainer
+        self.batches_per_epoch = len(epoch_batches(len(features["train"]), t.batch_size, 0, 0,
+                                                   False, rank, world_size))
+        self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
+        self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
+        self.eval_every = t.eval_steps or self.steps_per_epoch
+        self.save_every = t.save_steps or self.eval_every
+        self.optimizer = build_optimizer(self.model, run.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, run.scheduler, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.dtype == torch.float16)
+        self.metric = t.metric or task.config.metric
+        self.greater_is_better = task.config.greater_is_better
+        self.step = 0
+        self.best: dict[str, Any] = {"value": None, "step": None, "metrics": {}}
+        self.bad_evals = 0
+        self.loss_sum = 0.0  # over the whole run, for metrics.json
+        self.samples = 0
+        self.tokens = 0
+        self.train_seconds = 0.0
+
+    # -- data ----------------------------------------------------------------------------
+    def _micro_batches(self) -> Iterator[dict[str, Any]]:
+        """Endless stream of training micro-batches, starting where `self.step` left off."""
+        t = self.run.trainer
+        epoch, offset = divmod(self.step * t.grad_accum, self.batches_per_epoch)
+        while True:
+            batches = epoch_batches(len(self.features["train"]), t.batch_size, self.run.seed,
+                                    epoch, True, self.rank, self.world_size)[offset:]
+            yield from make_loader(self.task, self.features["train"], batches,
+                                   t.pad_to_multiple_of, self.run.data.num_workers)
+            epoch, offset = epoch + 1, 0
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        t = self.run.trainer
+        stream = self._micro_batches()
+        window_loss = torch.zeros((), device=self.device)
+        window_steps = 0
+        window_start = time.perf_counter()
+        window_samples = 0
+        self.model.train()
+        progress = self._progress()
+        with progress:
+            bar = progress.add_task("train", total=self.total_steps, completed=self.step,
+                                    loss=float("nan"), lr=0.0, sps=0.0)
+            while self.step < self.total_steps:
+                for _ in range(t.grad_accum):
+                    batch = next(stream)
+                    n = len(next(iter(batch.values())))
+                    window_samples += n
+                    if "attention_mask" in batch:
+                        self.tokens += int(batch["attention_mask"].sum())
+                    with autocast(self.device, self.dtype):
+                        loss = self.task.loss(self.forward_model, to_device(batch, self.device))
+                    self.scaler.scale(loss / t.grad_accum).backward()
+                    window_loss += loss.detach().float() / t.grad_accum
+                self._optimizer_step()
+                window_steps += 1
+                progress.update(bar, advance=1)
+                if self.step % t.log_steps == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    mean_loss = float(window_loss) / window_steps
+                    sps = window_samples / elapsed
+                    self.loss_sum += mean_loss * window_steps
+                    self.samples += window_samples
+                    self.train_seconds += elapsed
+                    lr = self.scheduler.get_last_lr()[0]
+                    self.run_dir.log({"split": "train", "step": self.step, "epoch": self._epoch(),
+                                      "loss": mean_loss, "lr": lr, "samples_per_s": sps})
+                    progress.update(bar, loss=mean_loss, lr=lr, sps=sps)
+                    window_loss.zero_()
+                    window_steps, window_samples = 0, 0
+                    window_start = time.perf_counter()
+                stop = False
+                if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                    stop = self._evaluate_and_select()
+                    window_start = time.perf_counter()  # keep eval time out of samples/s
+                if stop or self.step % self.save_every == 0 or self.step == self.total_steps:
+                    self.save_checkpoint()
+                if stop:
+                    log.info("early stopping at step %d: %s did not improve for %d evaluations",
+                             self.step, self.metric, self.bad_evals)
+                    break
+        return self._final_metrics()
+
+    def _optimizer_step(self) -> None:
+        t = self.run.trainer
+        if t.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def _epoch(self) -> float:
+        return round(self.step * self.run.trainer.grad_accum / self.batches_per_epoch, 4)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                       "{task.fields[sps]:.1f} samples/s"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+            disable=not (self.run.trainer.progress and self.run_dir.is_main),
+        )
+
+    # -- evaluation ----------------------------------------------------------------------
+    def evaluate(self, split: str = "validation") -> dict[str, float]:
+        return evaluate(self.task, self.forward_model, self.features[split], self.run,
+                        self.dtype)
+
+    def _evaluate_and_select(self) -> bool:
+        """Evaluate on validation, update best/; True when early stopping should stop."""
+        metrics = self.evaluate("validation")
+        self.run_dir.log({"split": "validation", "step": self.step, "epoch": self._epoch(),
+                          **metrics})
+        log.info("step %d validation %s", self.step,
+                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if self.metric not in metrics:
+            from sft.errors import ConfigError
+
+            raise ConfigError(f"trainer.metric '{self.metric}' is not computed by this task "
+                              f"(available: {', '.join(metrics)})")
+        value = metrics[self.metric]
+        best = self.best["value"]
+        improved = best is None or (value > best if self.greater_is_better else value < best)
+        if improved:
+            self.best = {"value": value, "step": self.step, "metrics": metrics}
+            self.bad_evals = 0
+            if self.run_dir.is_main:
+                checkpoint.atomic_folder_write(
+                    self.run_dir.best,
+                    lambda tmp: checkpoint.save_pretrained(tmp, self.model, self.tokenizer))
+        else:
+            self.bad_evals += 1
+        patience = self.run.trainer.early_stopping_patience
+        return patience is not None and self.bad_evals >= patience
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "best": self.best, "bad_evals": self.bad_evals,
+            "loss_sum": self.loss_sum, "samples": self.samples, "tokens": self.tokens,
+            "train_seconds": self.train_seconds,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("step", "best", "bad_evals", "loss_sum", "samples", "tokens",
+                    "train_seconds"):
+            setattr(self, key, state[key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        if not self.run_dir.is_main:
+            return
+        checkpoint.save_checkpoint(self.run_dir.checkpoints, self.step, self.model,
+                                   self.tokenizer, self.state_dict())
+        checkpoint.prune(self.run_dir.checkpoints, self.run.trainer.keep_last)
+
+    # -- results -------------------------------------------------------------------------
+    def _final_metrics(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "train/loss": self.loss_sum / max(1, self.step),
+            "train/steps": self.step,
+            "train/samples": self.samples,
+            "train/runtime_s": round(self.train_seconds, 3),
+            "train/samples_per_s": self.samples / max(self.train_seconds, 1e-9),
+            "train/tokens_per_s": self.tokens / max(self.train_seconds, 1e-9),
+            "best/step": self.best["step"],
+            "best/metric": f"validation/{self.metric}",
+            "best/value": self.best["value"],
+        }
+        result.update({f"validation/{k}": v for k, v in self.best["metrics"].items()})
+        if "test" in self.features and self.run.trainer.eval_test:
+            checkpoint.load_weights(self.model, self.run_dir.best)
+            test = self.evaluate("test")
+            self.run_dir.log({"split": "test", "step": self.best["step"], **test})
+            result.update({f"test/{k}": v for k, v in test.items()})
+        return result
