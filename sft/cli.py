@@ -91,12 +91,14 @@ _failed_jobs: list[tuple[Path, BaseException]] = []
 def _train_job(cfg: DictConfig) -> float | None:
     """One Hydra job: validate, train, return the best metric (what Optuna optimizes)."""
     import datasets
+    import transformers
     from hydra.core.hydra_config import HydraConfig
 
     from sft.config import to_run_config
     from sft.runner import train
 
     datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:

@@ -61,6 +61,7 @@ class TrainerConfig:
     metric: str | None = None  # None: the task's metric
     early_stopping_patience: int | None = None  # evaluations without improvement
     pad_to_multiple_of: int | None = 8
+    group_by_length: bool = True  # batch similar lengths together (less padding)
     eval_test: bool = True  # evaluate the best model on a labelled test split at the end
     deterministic: bool = False
     progress: bool = True

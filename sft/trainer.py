@@ -108,6 +108,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.forward_model = torch.compile(model) if run.hardware.compile else model
         t = run.trainer
+        self.lengths = ([len(ids) for ids in features["train"]["input_ids"]]
+                        if t.group_by_length else None)
         self.batches_per_epoch = len(epoch_batches(len(features["train"]), t.batch_size, 0, 0,
                                                    False, rank, world_size))
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
@@ -135,7 +137,8 @@ class Trainer:
         epoch, offset = divmod(self.step * t.grad_accum, self.batches_per_epoch)
         while True:
             batches = epoch_batches(len(self.features["train"]), t.batch_size, self.run.seed,
-                                    epoch, True, self.rank, self.world_size)[offset:]
+                                    epoch, True, self.rank, self.world_size,
+                                    self.lengths)[offset:]
             yield from make_loader(self.task, self.features["train"], batches,
                                    t.pad_to_multiple_of, self.run.data.num_workers)
             epoch, offset = epoch + 1, 0
