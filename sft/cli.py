@@ -17,11 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
-from rich.tree import Tree
 
 from sft.config import CONFIG_DIR, describe, register
 from sft.errors import SftError
@@ -93,6 +92,7 @@ def _train_job(cfg: DictConfig) -> float | None:
     import datasets
     import transformers
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from sft.config import to_run_config
     from sft.runner import train
@@ -104,14 +104,14 @@ def _train_job(cfg: DictConfig) -> float | None:
     try:
         run = to_run_config(cfg)
         run = replace(run, run_dir=str(run_dir))
-        console.print(config_tree(cfg))
         metrics = train(run, list(hydra_cfg.overrides.task), console)
     except Exception as err:
         if os.environ.get("SFT_DEBUG") == "1":
             raise
         if isinstance(err, SftError):
             _remove_if_untouched(run_dir)
-        log.error("%s", describe(err) if _is_user_error(err) else repr(err))
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run reports once, from main()
+            log.error("job failed: %s", describe(err) if _is_user_error(err) else repr(err))
         _failed_jobs.append((run_dir, err))
         return None
     return metrics.get("best/value")
@@ -121,17 +121,6 @@ def _remove_if_untouched(run_dir: Path) -> None:
     """A user error before training wrote anything: leave no half-made run dir behind."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir)
-
-
-def config_tree(cfg: DictConfig) -> Tree:
-    tree = Tree("[bold]config", guide_style="dim")
-    for key, value in cfg.items():
-        if isinstance(value, DictConfig):
-            branch = tree.add(f"[bold cyan]{key}")
-            branch.add(OmegaConf.to_yaml(value, resolve=True).rstrip())
-        else:
-            tree.add(f"[bold cyan]{key}[/]: {value}")
-    return tree
 
 
 # -- eval / predict ---------------------------------------------------------------------

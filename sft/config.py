@@ -132,11 +132,15 @@ def describe(err: BaseException) -> str:
         cause = cause.__cause__
     if isinstance(cause, ConfigError):
         return str(cause)
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    key = getattr(err, "full_key", None)
+    message = str(err).split("Config search path")[0]  # Hydra appends its search path
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     text = lines[0] if lines else type(err).__name__
     if lines[1:] and not isinstance(err, OmegaConfBaseException):
-        text = " ".join([text, *lines[1:]]).replace(":  ", ": ")
+        text = " ".join([text, *lines[1:]])
+    if isinstance(cause, OmegaConfBaseException) and cause is not err:
+        text += ": " + (str(cause).splitlines() or [""])[0]
+        err = cause
+    key = getattr(err, "full_key", None)
     if key and key not in text:
         text += f" (key: {key})"
     return text
@@ -147,11 +151,10 @@ def _validated(schema: type, node: Any, where: str) -> Any:
         merged = OmegaConf.merge(_writable_schema(schema), node)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or ""
-        raise ConfigError(
-            f"invalid config in '{where}': {describe(err)}"
-            + (f"; check '{where}.{key}'" if key and not key.startswith(where) else "")
-        ) from err
+        key = ".".join(k for k in (where, getattr(err, "full_key", None) or "") if k)
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"config error at '{key or where}': {first}; fix or remove that key "
+                          "(`sft train --cfg job` prints every key)") from err
 
 
 def _check(ok: bool, message: str) -> None:
@@ -174,7 +177,7 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     task_node = plain.pop("task", None)
     _check(isinstance(task_node, dict), "no task selected; add task=<name> (e.g. task=sentiment)")
     task = _validated(task_config_class(task_node.get("type")), task_node, "task")
-    run: RunConfig = _validated(RunConfig, plain, "run")
+    run: RunConfig = _validated(RunConfig, plain, "")
     run = RunConfig(**{**run.__dict__, "task": task})
     _check_values(run)
     return run

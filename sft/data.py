@@ -47,6 +47,8 @@ def _read_local(task: Task, path: Path, split: str) -> Dataset:
     if reader is None:
         raise DataError(f"cannot read {path}: unknown file type '{path.suffix}' "
                         f"(known: {', '.join(_READERS)})")
+    if _row_count_at_most(path, 1 if reader == "csv" else 0):
+        raise DataError(f"the {split} split is empty: {path} has no data rows")
     options: dict[str, Any] = {}
     if path.suffix.lower() == ".tsv":
         options = {"delimiter": "\t", "quoting": 3}  # QUOTE_NONE: GLUE TSVs hold raw quotes
@@ -54,6 +56,19 @@ def _read_local(task: Task, path: Path, split: str) -> Dataset:
         return datasets.load_dataset(reader, data_files={split: str(path)}, split=split, **options)
     except Exception as err:  # datasets raises many types for malformed files
         raise DataError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
+
+
+def _row_count_at_most(path: Path, limit: int) -> bool:
+    """True when the text file has at most `limit` non-blank lines (a header and no rows)."""
+    if path.suffix.lower() == ".parquet":
+        return False
+    seen = 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            seen += bool(line.strip())
+            if seen > limit:
+                return False
+    return True
 
 
 def _load_hub(task: Task) -> DatasetDict:

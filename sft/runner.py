@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from datasets import DatasetDict
 from omegaconf import OmegaConf
 from rich.console import Console
+from rich.tree import Tree
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import RunConfig, to_run_config
@@ -56,6 +57,7 @@ def train(run: RunConfig, overrides: list[str] | None = None,
     run_dir = RunDir(run.run_dir)
     prepared = prepare(run)
     model = prepared.task.build_model(run.model)
+    (console or Console(stderr=True)).print(config_tree(run))
     device = resolve_device(run.hardware)
     data_files = {split: sha256_file(path) for split, path in local_files(
         prepared.task, run.data).items()} if run.data.dir else {}
@@ -74,6 +76,17 @@ def train(run: RunConfig, overrides: list[str] | None = None,
     log.info("done: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                    if isinstance(v, float)))
     return metrics
+
+
+def config_tree(run: RunConfig) -> Tree:
+    """The resolved run config as a rich tree, one branch per group."""
+    tree = Tree("[bold]config", guide_style="dim")
+    for key, value in dataclasses.asdict(run).items():
+        if isinstance(value, dict):
+            tree.add(f"[bold cyan]{key}").add(OmegaConf.to_yaml(value).rstrip())
+        else:
+            tree.add(f"[bold cyan]{key}[/]: {value}")
+    return tree
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -107,7 +120,3 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
     model = prepared.task.build_model(run.model)
     model.eval()
     return run, prepared, model.to(resolve_device(run.hardware))
-
-
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in sys.argv)

