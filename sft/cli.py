@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
-from sft.config import CONFIG_DIR, describe, register
+from sft.config import CONFIG_DIR, describe, register, set_start_time
 from sft.errors import SftError
 
 console = Console(stderr=True)
@@ -68,12 +68,21 @@ def _is_user_error(err: BaseException) -> bool:
 def _train(args: list[str]) -> int:
     import hydra
 
+    from sft import distributed
+
+    world = distributed.setup()
+    set_start_time(distributed.shared_start_time(world))
     register()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach main(), which prints one line
-    sys.argv = ["sft train", *args]
+    quiet = [] if world.is_main else [  # only rank 0 writes .hydra/ and train.log
+        "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
+        "hydra.job_logging.root.level=WARNING"]
+    sys.argv = ["sft train", *args, *quiet]
     _failed_jobs.clear()
+    _world[:] = [world]
     hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(
         _train_job)()
+    distributed.teardown(world)
     multirun = any(a in {"-m", "--multirun"} for a in args)
     if _failed_jobs and not multirun:
         raise _failed_jobs[0][1]
@@ -85,6 +94,7 @@ def _train(args: list[str]) -> int:
 # (run dir, error) of each failed job: a failing job is recorded, not raised through Hydra,
 # so a sweep goes on and a single run still ends in one clean line from main()
 _failed_jobs: list[tuple[Path, BaseException]] = []
+_world: list = []  # the distributed World of this process, set by _train
 
 
 def _train_job(cfg: DictConfig) -> float | None:
@@ -104,7 +114,7 @@ def _train_job(cfg: DictConfig) -> float | None:
     try:
         run = to_run_config(cfg)
         run = replace(run, run_dir=str(run_dir))
-        metrics = train(run, list(hydra_cfg.overrides.task), console)
+        metrics = train(run, list(hydra_cfg.overrides.task), console, _world[0])
     except Exception as err:
         if os.environ.get("SFT_DEBUG") == "1":
             raise

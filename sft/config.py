@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     seed: int = 42
-    run_dir: str = "runs/${task.name}/${model.name}/${now:%Y-%m-%d_%H-%M-%S}"
+    run_dir: str = "runs/${task.name}/${model.name}/${started:%Y-%m-%d_%H-%M-%S}"
     resume: str | None = None
 
 
@@ -118,10 +119,21 @@ def _writable_schema(cls: type) -> DictConfig:
     return schema
 
 
+_started = datetime.now()
+
+
+def set_start_time(when: datetime) -> None:
+    """The time `${started:FORMAT}` formats: the CLI sets one agreed on by all DDP ranks."""
+    global _started
+    _started = when
+
+
 def register() -> None:
-    """Register the `pkg` resolver and the schema node (idempotent)."""
+    """Register the `pkg` and `started` resolvers and the schema node (idempotent)."""
     if not OmegaConf.has_resolver("pkg"):
         OmegaConf.register_new_resolver("pkg", package_path)
+    if not OmegaConf.has_resolver("started"):
+        OmegaConf.register_new_resolver("started", lambda fmt: _started.strftime(fmt))
     ConfigStore.instance().store(name="sft_schema", node=_writable_schema(RunConfig))
 
 

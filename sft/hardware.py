@@ -13,12 +13,14 @@ from sft.errors import ConfigError
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(cfg: HardwareConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+def resolve_device(cfg: HardwareConfig, local_rank: int = 0) -> torch.device:
+    """The configured device; under torchrun each process takes GPU `local_rank`."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("hardware.device=cuda but no CUDA GPU is visible; use hardware=cpu")
-    return torch.device(cfg.device)
+    return torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
 
 
 def autocast_dtype(cfg: HardwareConfig, device: torch.device) -> torch.dtype | None:

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config import RunConfig, to_run_config
 from sft.data import featurize, load_splits, local_files, sha256_file, tokenizer_fingerprint
+from sft.distributed import World
 from sft.errors import SftError
 from sft.hardware import describe_device, resolve_device
 from sft.modeling import load_tokenizer
@@ -50,15 +51,17 @@ def prepare(run: RunConfig, splits: tuple[str, ...] | None = None) -> Prepared:
     return Prepared(task, tokenizer, features)
 
 
-def train(run: RunConfig, overrides: list[str] | None = None,
-          console: Console | None = None) -> dict[str, Any]:
+def train(run: RunConfig, overrides: list[str] | None = None, console: Console | None = None,
+          world: World | None = None) -> dict[str, Any]:
     """Train `run` into run.run_dir and return the final metrics (also in metrics.json)."""
+    world = world or World()
     seed_everything(run.seed, run.trainer.deterministic)
-    run_dir = RunDir(run.run_dir)
+    run_dir = RunDir(run.run_dir, is_main=world.is_main)
     prepared = prepare(run)
     model = prepared.task.build_model(run.model)
-    (console or Console(stderr=True)).print(config_tree(run))
-    device = resolve_device(run.hardware)
+    if world.is_main:
+        (console or Console(stderr=True)).print(config_tree(run))
+    device = resolve_device(run.hardware, world.local_rank)
     data_files = {split: sha256_file(path) for split, path in local_files(
         prepared.task, run.data).items()} if run.data.dir else {}
     run_dir.write_config(run)
@@ -68,7 +71,7 @@ def train(run: RunConfig, overrides: list[str] | None = None,
     log.info("run dir %s | %s on %s | %s", run_dir.path, run.model.name,
              describe_device(device), sizes)
     trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features, run_dir,
-                      console)
+                      console, world)
     metrics = trainer.fit()
     run_dir.write_json("metrics.json", metrics)
     command = "sft train " + " ".join(shlex.quote(o) for o in overrides or [])

@@ -17,6 +17,7 @@ metrics. Every feature is a config flag:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -29,11 +30,13 @@ import torch
 from datasets import Dataset, DatasetDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft import checkpoint
 from sft.config import RunConfig
+from sft.distributed import World, mean_across_ranks
 from sft.hardware import autocast, autocast_dtype, resolve_device
 from sft.optim import build_optimizer, build_scheduler
 from sft.rundir import RunDir
@@ -99,19 +102,24 @@ def evaluate(task: Task, model: PreTrainedModel, dataset: Dataset, run: RunConfi
 class Trainer:
     def __init__(self, run: RunConfig, task: Task, model: PreTrainedModel,
                  tokenizer: PreTrainedTokenizerBase, features: DatasetDict, run_dir: RunDir,
-                 console: Console | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 console: Console | None = None, world: World | None = None) -> None:
         self.run, self.task, self.tokenizer, self.features = run, task, tokenizer, features
-        self.run_dir, self.rank, self.world_size = run_dir, rank, world_size
+        self.run_dir, self.world = run_dir, world or World()
+        self.rank, self.world_size = self.world.rank, self.world.size
         self.console = console or Console(stderr=True)
-        self.device = resolve_device(run.hardware)
+        self.device = resolve_device(run.hardware, self.world.local_rank)
         self.dtype = autocast_dtype(run.hardware, self.device)
         self.model = model.to(self.device)
         self.forward_model = torch.compile(model) if run.hardware.compile else model
+        # training goes through DDP (gradient all-reduce); evaluation runs the bare model on
+        # every rank, so it needs no collectives and every rank reaches the same decisions
+        self.train_model = self.forward_model if self.world_size == 1 else DDP(
+            self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         t = run.trainer
         self.lengths = ([len(ids) for ids in features["train"]["input_ids"]]
                         if t.group_by_length else None)
         self.batches_per_epoch = len(epoch_batches(len(features["train"]), t.batch_size, 0, 0,
-                                                   False, rank, world_size))
+                                                   False, self.rank, self.world_size))
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
         self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
         self.eval_every = t.eval_steps or self.steps_per_epoch
@@ -157,22 +165,24 @@ class Trainer:
             bar = progress.add_task("train", total=self.total_steps, completed=self.step,
                                     loss=float("nan"), lr=0.0, sps=0.0)
             while self.step < self.total_steps:
-                for _ in range(t.grad_accum):
+                for micro in range(t.grad_accum):
                     batch = next(stream)
-                    n = len(next(iter(batch.values())))
-                    window_samples += n
+                    window_samples += len(next(iter(batch.values()))) * self.world_size
                     if "attention_mask" in batch:
-                        self.tokens += int(batch["attention_mask"].sum())
-                    with autocast(self.device, self.dtype):
-                        loss = self.task.loss(self.forward_model, to_device(batch, self.device))
-                    self.scaler.scale(loss / t.grad_accum).backward()
+                        self.tokens += int(batch["attention_mask"].sum()) * self.world_size
+                    # DDP all-reduces gradients only on the last micro-batch of a step
+                    sync = micro == t.grad_accum - 1 or self.world_size == 1
+                    with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                        with autocast(self.device, self.dtype):
+                            loss = self.task.loss(self.train_model, to_device(batch, self.device))
+                        self.scaler.scale(loss / t.grad_accum).backward()
                     window_loss += loss.detach().float() / t.grad_accum
                 self._optimizer_step()
                 window_steps += 1
                 progress.update(bar, advance=1)
                 if self.step % t.log_steps == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
-                    mean_loss = float(window_loss) / window_steps
+                    mean_loss = float(mean_across_ranks(window_loss, self.world)) / window_steps
                     sps = window_samples / elapsed
                     self.loss_sum += mean_loss * window_steps
                     self.samples += window_samples
@@ -291,7 +301,7 @@ class Trainer:
             "best/value": self.best["value"],
         }
         result.update({f"validation/{k}": v for k, v in self.best["metrics"].items()})
-        if "test" in self.features and self.run.trainer.eval_test:
+        if "test" in self.features and self.run.trainer.eval_test and self.run_dir.is_main:
             checkpoint.load_weights(self.model, self.run_dir.best)
             test = self.evaluate("test")
             self.run_dir.log({"split": "test", "step": self.best["step"], **test})
