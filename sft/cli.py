@@ -65,23 +65,34 @@ def _is_user_error(err: BaseException) -> bool:
 
 
 # -- train ------------------------------------------------------------------------------
-def _train(args: list[str]) -> int:
+def _train(args: list[str], config_name: str = "train") -> int:
+    """`config_name`: train.yaml, or rerun.PRIMARY (a run dir's config, see sft.rerun)."""
     import hydra
 
-    from sft import distributed
+    from sft import distributed, rerun
+    from sft.interrupt import TrainingInterrupted
 
     world = distributed.setup()
     set_start_time(distributed.shared_start_time(world))
     register()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach main(), which prints one line
+    resume = rerun.find_arg(args, "resume")
+    if resume and config_name == "train":
+        args, config_name = rerun.resume_args(args, resume), rerun.PRIMARY
     quiet = [] if world.is_main else [  # only rank 0 writes .hydra/ and train.log
         "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
         "hydra.job_logging.root.level=WARNING"]
-    sys.argv = ["sft train", *args, *quiet]
+    sys.argv = ["sft train", *rerun.native_args(args), *[q for q in quiet if q not in args]]
     _failed_jobs.clear()
     _world[:] = [world]
-    hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(
-        _train_job)()
+    try:
+        hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(
+            _train_job)()
+    except TrainingInterrupted as stop:  # checkpoint saved; a sweep stops here too
+        distributed.teardown(world)
+        if world.is_main:
+            console.print(f"[yellow]{stop}[/yellow]", highlight=False, soft_wrap=True)
+        return stop.exit_code
     distributed.teardown(world)
     multirun = any(a in {"-m", "--multirun"} for a in args)
     if _failed_jobs and not multirun:

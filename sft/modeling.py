@@ -38,6 +38,33 @@ def _load(what: str, cfg: ModelConfig, loader: Any, **kwargs: Any) -> Any:
         ) from err
 
 
+_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+
+
+def weight_files(cfg: ModelConfig) -> list[Path]:
+    """The local files the base model is built from: its weights (for model.init=random,
+    only config.json), so env.json can hash them; empty when they are not on this machine."""
+    try:
+        source = Path(_source(cfg))
+    except ModelError:
+        return []
+    if not source.is_dir():  # a hub id: look in the local cache only
+        try:
+            from huggingface_hub import snapshot_download
+
+            source = Path(snapshot_download(cfg.name_or_path, revision=cfg.revision,
+                                            local_files_only=True))
+        except Exception:  # not cached (or no hub library): nothing to hash
+            return []
+    if cfg.init == "random":
+        patterns: tuple[str, ...] = ("config.json",)
+    elif cfg.gguf_file:
+        patterns = (cfg.gguf_file,)
+    else:
+        patterns = _WEIGHTS
+    return sorted({p for pattern in patterns for p in source.glob(pattern) if p.is_file()})
+
+
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return _load("tokenizer", cfg, AutoTokenizer.from_pretrained)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -15,6 +17,13 @@ from omegaconf import OmegaConf
 from sft.config import RunConfig
 
 CONFIG_FILE = "config.yaml"
+METRICS_LOG = "metrics.jsonl"
+
+
+def is_timing(key: str) -> bool:
+    """Wall-clock measurements (`*_s`/`*_ms` durations, `*_per_s` rates) differ between identical
+    runs; every exactness comparison (reproduce, tests) leaves them out."""
+    return key.endswith("_s")
 
 
 class RunDir:
@@ -48,8 +57,23 @@ class RunDir:
     def log(self, record: dict[str, Any]) -> None:
         """Append one event (train window or evaluation) to metrics.jsonl."""
         if self.is_main:
-            with open(self.path / "metrics.jsonl", "a") as f:
+            with open(self.path / METRICS_LOG, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def metrics_size(self) -> int:
+        path = self.path / METRICS_LOG
+        return path.stat().st_size if path.is_file() else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Drop what was logged after a checkpoint, so a resumed run appends without
+        duplicating (or half-written) records."""
+        if not self.is_main:
+            return
+        path = self.path / METRICS_LOG
+        if self.metrics_size() < size:
+            raise FileNotFoundError(f"{path} is shorter than when the checkpoint was saved")
+        if path.is_file():
+            os.truncate(path, size)
 
     def write_card(self, run: RunConfig, metrics: dict[str, Any], command: str) -> None:
         if not self.is_main:
@@ -87,10 +111,25 @@ def git_state(cwd: Path) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def environment(run: RunConfig, device: str, overrides: list[str],
-                data_files: dict[str, str]) -> dict[str, Any]:
+def pip_freeze() -> list[str]:
+    """`name==version` of every installed distribution (what `pip freeze` lists), sorted;
+    read from package metadata, which is faster than a pip subprocess and needs no pip."""
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in found:  # the first on sys.path is the one imported
+            found[name.lower()] = f"{name}=={dist.version}"
+    return [found[k] for k in sorted(found)]
+
+
+def environment(run: RunConfig, device: str, overrides: list[str], data_files: dict[str, str],
+                model_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything that can change a run's result besides its config; `sft reproduce`
+    compares it with the current environment before re-running."""
     import datasets
     import hydra
+    import numpy
+    import tokenizers
     import torch
     import transformers
 
@@ -100,9 +139,14 @@ def environment(run: RunConfig, device: str, overrides: list[str],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "datasets": datasets.__version__, "hydra": hydra.__version__},
+                     "datasets": datasets.__version__, "hydra": hydra.__version__,
+                     "tokenizers": tokenizers.__version__, "numpy": numpy.__version__},
+        "pip_freeze": pip_freeze(),
         "git": git_state(Path.cwd()),
         "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "deterministic": run.trainer.deterministic,
         "seed": run.seed,
         "data_files": data_files,
+        "model_files": model_files or {},
     }

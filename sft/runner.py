@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,19 @@ from rich.console import Console
 from rich.tree import Tree
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sft import checkpoint
 from sft.config import RunConfig, to_run_config
 from sft.data import featurize, load_splits, local_files, sha256_file, tokenizer_fingerprint
 from sft.distributed import World
-from sft.errors import SftError
+from sft.errors import ConfigError, SftError
 from sft.hardware import describe_device, resolve_device
-from sft.modeling import load_tokenizer
-from sft.rundir import CONFIG_FILE, RunDir, environment
+from sft.modeling import load_tokenizer, weight_files
+from sft.rerun import config_changes
+from sft.rundir import CONFIG_FILE, METRICS_LOG, RunDir, environment
+from sft.seeding import seed_everything
 from sft.tasks import build_task
 from sft.tasks.base import Task
-from sft.trainer import Trainer, seed_everything
+from sft.trainer import Trainer
 
 log = logging.getLogger("sft")
 
@@ -51,27 +55,43 @@ def prepare(run: RunConfig, splits: tuple[str, ...] | None = None) -> Prepared:
     return Prepared(task, tokenizer, features)
 
 
+def fingerprints(run: RunConfig, task: Task) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 of the local data files (per split) and of the base model's weight files."""
+    data = ({split: sha256_file(path) for split, path in local_files(task, run.data).items()}
+            if run.data.dir else {})
+    return data, {p.name: sha256_file(p) for p in weight_files(run.model)}
+
+
 def train(run: RunConfig, overrides: list[str] | None = None, console: Console | None = None,
           world: World | None = None) -> dict[str, Any]:
-    """Train `run` into run.run_dir and return the final metrics (also in metrics.json)."""
+    """Train `run` into run.run_dir and return the final metrics (also in metrics.json).
+    With `run.resume` (the run dir itself), continue from its newest valid checkpoint."""
     world = world or World()
-    seed_everything(run.seed, run.trainer.deterministic)
     run_dir = RunDir(run.run_dir, is_main=world.is_main)
+    start = resume_point(run, run_dir)
+    seed_everything(run.seed, run.trainer.deterministic)
     prepared = prepare(run)
     model = prepared.task.build_model(run.model)
     if world.is_main:
         (console or Console(stderr=True)).print(config_tree(run))
     device = resolve_device(run.hardware, world.local_rank)
-    data_files = {split: sha256_file(path) for split, path in local_files(
-        prepared.task, run.data).items()} if run.data.dir else {}
-    run_dir.write_config(run)
-    run_dir.write_json("env.json", environment(run, describe_device(device), overrides or [],
-                                               data_files))
+    env = environment(run, describe_device(device), overrides or [],
+                      *fingerprints(run, prepared.task))
+    if run.resume:
+        env = record_resume(run_dir, env, start)
+        overrides = env["overrides"]  # the model card shows the original command
+    run_dir.write_config(replace(run, resume=None))
+    run_dir.write_json("env.json", env)
     sizes = ", ".join(f"{s} {len(d)}" for s, d in prepared.features.items())
     log.info("run dir %s | %s on %s | %s", run_dir.path, run.model.name,
              describe_device(device), sizes)
     trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features, run_dir,
                       console, world)
+    if start is not None:
+        trainer.resume_from(start)
+        log.info("resumed from %s (step %d of %d)", start, trainer.step, trainer.total_steps)
+    elif run.resume:
+        run_dir.truncate_metrics(0)
     metrics = trainer.fit()
     run_dir.write_json("metrics.json", metrics)
     command = "sft train " + " ".join(shlex.quote(o) for o in overrides or [])
@@ -102,12 +122,42 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     return to_run_config(cfg)
 
 
+def resume_point(run: RunConfig, run_dir: RunDir) -> Path | None:
+    """The checkpoint to continue from (None: start at step 0). Without `resume`, refuses a
+    run dir that already holds a run, which would mix two runs' metrics and checkpoints."""
+    if not run.resume:
+        if (run_dir.path / METRICS_LOG).exists() or run_dir.checkpoints.exists():
+            raise ConfigError(f"run dir {run_dir.path} already holds a run; set another run_dir, "
+                              f"or continue it with resume={run_dir.path}")
+        return None
+    if Path(run.resume).resolve() != run_dir.path.resolve():
+        raise ConfigError(f"resume={run.resume} must be the run dir itself (run_dir="
+                          f"{run_dir.path}); use `sft train resume={run.resume}`")
+    for change in config_changes(run, run_dir.path):
+        log.warning("resuming with a setting changed from the run's config.yaml: %s", change)
+    if run_dir.is_main:
+        checkpoint.clean_partial(run_dir.checkpoints)
+    found = checkpoint.latest_valid(run_dir.checkpoints)
+    if found is None:
+        log.warning("no valid checkpoint in %s: training again from step 0", run_dir.checkpoints)
+    return found
+
+
+def record_resume(run_dir: RunDir, env: dict[str, Any], start: Path | None) -> dict[str, Any]:
+    """Keep the original env.json (what `sft reproduce` compares with) and append this
+    resume's command, environment and starting step to its `resumes` list."""
+    path = run_dir.path / "env.json"
+    original = json.loads(path.read_text()) if path.is_file() else dict(env)
+    entry = {k: env[k] for k in ("command", "overrides", "versions", "git", "device")}
+    entry["from_step"] = checkpoint.step_of(start) if start is not None else 0
+    original.setdefault("resumes", []).append(entry)
+    return original
+
+
 def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
                   splits: tuple[str, ...] | None = ()) -> tuple[RunConfig, Prepared,
                                                                PreTrainedModel]:
     """The run's config, prepared task/data and its best model, ready to evaluate."""
-    from dataclasses import replace
-
     run = load_run_config(run_dir, overrides)
     best = Path(run_dir) / "best"
     if not best.is_dir():

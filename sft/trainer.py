@@ -9,7 +9,10 @@ metrics. Every feature is a config flag:
 - evaluation every `trainer.eval_steps` (default: each epoch end) and at the end, streamed
   batch by batch through the task's evaluator; `trainer.metric` picks best/,
   `trainer.early_stopping_patience` stops after that many evaluations without improvement
-- checkpoints every `trainer.save_steps` (default: at each evaluation), `trainer.keep_last`
+- checkpoints every `trainer.save_steps` (default: at each evaluation), `trainer.keep_last`;
+  a checkpoint holds everything the loop depends on (weights, optimizer, scheduler, scaler,
+  RNG states, step, the partial logging window, the metrics.jsonl offset), so `resume_from`
+  continues bit-identically; SIGINT/SIGTERM finish the step, save and raise TrainingInterrupted
 - `hardware.precision` autocast (bf16/fp16 with a grad scaler), `hardware.compile`
 - dynamic padding to `trainer.pad_to_multiple_of`; the loss is read back to the host only
   every `trainer.log_steps` steps, so the hot loop never waits on the device
@@ -20,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from rich.console import Console
@@ -37,47 +40,28 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sft import checkpoint
 from sft.config import RunConfig
 from sft.distributed import World, mean_across_ranks
+from sft.errors import DataError
 from sft.hardware import autocast, autocast_dtype, resolve_device
+from sft.interrupt import StopOnSignals, TrainingInterrupted
 from sft.optim import build_optimizer, build_scheduler
 from sft.rundir import RunDir
 from sft.sampling import epoch_batches
+from sft.seeding import rng_state, set_rng_state
 from sft.tasks.base import Task, to_device
 
 log = logging.getLogger("sft")
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def rng_state() -> dict[str, Any]:
-    state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (state[0], state[1].tolist(), *state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def make_loader(task: Task, dataset: Dataset, batches: list[list[int]], pad: int | None,
-                num_workers: int) -> DataLoader:
-    """Each sampler item is a whole batch of indices, fetched columnar in one read."""
+                num_workers: int, seed: int = 0) -> DataLoader:
+    """Each sampler item is a whole batch of indices, fetched columnar in one read.
+
+    The loader gets its own generator: without one, every new iterator draws its workers'
+    base seed from the global torch RNG, so an evaluation or a resume would shift the
+    dropout masks of the following training steps."""
     return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers,
-                      collate_fn=lambda columns: task.collate(columns, pad))
+                      collate_fn=lambda columns: task.collate(columns, pad),
+                      generator=torch.Generator().manual_seed(seed))
 
 
 @torch.inference_mode()
@@ -137,6 +121,10 @@ class Trainer:
         self.samples = 0
         self.tokens = 0
         self.train_seconds = 0.0
+        # the logging window in progress, part of a checkpoint (so a resumed run logs the same)
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_steps = 0
+        self.window_samples = 0
 
     # -- data ----------------------------------------------------------------------------
     def _micro_batches(self) -> Iterator[dict[str, Any]]:
@@ -148,26 +136,24 @@ class Trainer:
                                     epoch, True, self.rank, self.world_size,
                                     self.lengths)[offset:]
             yield from make_loader(self.task, self.features["train"], batches,
-                                   t.pad_to_multiple_of, self.run.data.num_workers)
+                                   t.pad_to_multiple_of, self.run.data.num_workers,
+                                   self.run.seed * 100_003 + epoch)
             epoch, offset = epoch + 1, 0
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         t = self.run.trainer
         stream = self._micro_batches()
-        window_loss = torch.zeros((), device=self.device)
-        window_steps = 0
         window_start = time.perf_counter()
-        window_samples = 0
         self.model.train()
         progress = self._progress()
-        with progress:
+        with progress, StopOnSignals() as signals:
             bar = progress.add_task("train", total=self.total_steps, completed=self.step,
                                     loss=float("nan"), lr=0.0, sps=0.0)
             while self.step < self.total_steps:
                 for micro in range(t.grad_accum):
                     batch = next(stream)
-                    window_samples += len(next(iter(batch.values()))) * self.world_size
+                    self.window_samples += len(next(iter(batch.values()))) * self.world_size
                     if "attention_mask" in batch:
                         self.tokens += int(batch["attention_mask"].sum()) * self.world_size
                     # DDP all-reduces gradients only on the last micro-batch of a step
@@ -176,35 +162,49 @@ class Trainer:
                         with autocast(self.device, self.dtype):
                             loss = self.task.loss(self.train_model, to_device(batch, self.device))
                         self.scaler.scale(loss / t.grad_accum).backward()
-                    window_loss += loss.detach().float() / t.grad_accum
+                    self.window_loss += loss.detach().float() / t.grad_accum
                 self._optimizer_step()
-                window_steps += 1
+                self.window_steps += 1
                 progress.update(bar, advance=1)
                 if self.step % t.log_steps == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
-                    mean_loss = float(mean_across_ranks(window_loss, self.world)) / window_steps
-                    sps = window_samples / elapsed
-                    self.loss_sum += mean_loss * window_steps
-                    self.samples += window_samples
+                    mean_loss = (float(mean_across_ranks(self.window_loss, self.world))
+                                 / self.window_steps)
+                    sps = self.window_samples / elapsed
+                    self.loss_sum += mean_loss * self.window_steps
+                    self.samples += self.window_samples
                     self.train_seconds += elapsed
                     lr = self.scheduler.get_last_lr()[0]
                     self.run_dir.log({"split": "train", "step": self.step, "epoch": self._epoch(),
                                       "loss": mean_loss, "lr": lr, "samples_per_s": sps})
                     progress.update(bar, loss=mean_loss, lr=lr, sps=sps)
-                    window_loss.zero_()
-                    window_steps, window_samples = 0, 0
+                    self.window_loss.zero_()
+                    self.window_steps, self.window_samples = 0, 0
                     window_start = time.perf_counter()
                 stop = False
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
                     stop = self._evaluate_and_select()
                     window_start = time.perf_counter()  # keep eval time out of samples/s
-                if stop or self.step % self.save_every == 0 or self.step == self.total_steps:
+                signum = self._stop_signal(signals)
+                if (stop or signum or self.step % self.save_every == 0
+                        or self.step == self.total_steps):
                     self.save_checkpoint()
+                if signum:
+                    raise TrainingInterrupted(signum, self.step, self.run_dir.path)
                 if stop:
                     log.info("early stopping at step %d: %s did not improve for %d evaluations",
                              self.step, self.metric, self.bad_evals)
                     break
         return self._final_metrics()
+
+    def _stop_signal(self, signals: StopOnSignals) -> int | None:
+        """The signal to stop on after this step; under DDP every rank stops at the same step
+        (torchrun forwards a signal to each worker, which may see it a step apart)."""
+        if self.world_size == 1:
+            return signals.received
+        flag = torch.tensor(float(signals.received is not None), device=self.device)
+        return (signals.received or signal.SIGTERM) if float(
+            mean_across_ranks(flag, self.world)) > 0 else None
 
     def _optimizer_step(self) -> None:
         t = self.run.trainer
@@ -263,22 +263,44 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        epoch, batch = divmod(self.step * self.run.trainer.grad_accum, self.batches_per_epoch)
         return {
             "step": self.step, "best": self.best, "bad_evals": self.bad_evals,
             "loss_sum": self.loss_sum, "samples": self.samples, "tokens": self.tokens,
             "train_seconds": self.train_seconds,
+            "window": {"loss": float(self.window_loss), "steps": self.window_steps,
+                       "samples": self.window_samples},
+            # the order is recomputed from (seed, epoch); this records where it stands
+            "sampler": {"seed": self.run.seed, "epoch": epoch, "batch": batch,
+                        "examples": len(self.features["train"])},
+            "metrics_offset": self.run_dir.metrics_size(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        examples = state["sampler"]["examples"]
+        if examples != len(self.features["train"]):
+            raise DataError(f"the checkpoint was trained on {examples} examples, this run has "
+                            f"{len(self.features['train'])}; resume with the run's data settings")
         for key in ("step", "best", "bad_evals", "loss_sum", "samples", "tokens",
                     "train_seconds"):
             setattr(self, key, state[key])
+        self.window_loss.fill_(state["window"]["loss"])
+        self.window_steps = state["window"]["steps"]
+        self.window_samples = state["window"]["samples"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+
+    def resume_from(self, folder: Path) -> None:
+        """Continue exactly where checkpoint `folder` left off: weights, state, and
+        metrics.jsonl cut back to what had been logged when it was saved."""
+        checkpoint.load_weights(self.model, folder)
+        state = checkpoint.load_state(folder)
+        self.load_state_dict(state)
+        self.run_dir.truncate_metrics(state["metrics_offset"])
 
     def save_checkpoint(self) -> None:
         if not self.run_dir.is_main:
