@@ -33,6 +33,10 @@ USAGE = """usage: sft <command> [args]
 commands:
   train [overrides]            fine-tune: sft train task=sentiment model=minilm optimizer.lr=3e-5
                                (Hydra: --multirun, --cfg job, --help for every group and key)
+                               resume=RUN_DIR|latest continues a run from its newest checkpoint
+  reproduce RUN_DIR [overrides] [--atol X --rtol Y]
+                               re-run a finished run from its config.yaml into a new run dir and
+                               compare every final metric (exit 0 match, 1 mismatch)
   eval RUN_DIR [split=NAME]    evaluate a run's best/ model on a split (default validation)
   predict RUN_DIR --input F --output F
                                predict jsonl/csv records, write jsonl with label and scores
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": _train, "eval": _eval, "predict": _predict}
+    commands = {"train": _train, "eval": _eval, "predict": _predict, "reproduce": _reproduce}
     if command not in commands:
         console.print(f"error: unknown command '{command}'; choose one of: {', '.join(commands)}")
         return 2
@@ -142,6 +146,57 @@ def _remove_if_untouched(run_dir: Path) -> None:
     """A user error before training wrote anything: leave no half-made run dir behind."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir)
+
+
+# -- reproduce --------------------------------------------------------------------------
+def _reproduce(args: list[str]) -> int:
+    import time
+
+    from sft import reproduce, rerun
+    from sft.runner import load_run_config
+
+    parser = argparse.ArgumentParser(
+        prog="sft reproduce", description="re-run a finished run from its config.yaml and "
+        "compare its final metrics (timings are not compared)")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. hardware=gpu")
+    parser.add_argument("--atol", type=float, help="absolute tolerance (default: exact on "
+                        f"CPU, {reproduce.ACCELERATOR[0]} otherwise)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance (default: exact on "
+                        f"CPU, {reproduce.ACCELERATOR[1]} otherwise)")
+    ns = parser.parse_intermixed_args(args)
+    original = rerun.check_run_dir(ns.run_dir)
+    before = reproduce.read_json(original / "metrics.json")
+    if not before:
+        raise SftError(f"{original} has no metrics.json: the run has not finished; continue it "
+                       f"with `sft train resume={original}`")
+    overrides = rerun.without(ns.overrides, "run_dir", "resume")
+    run = load_run_config(original, rerun.value_overrides(overrides))
+    for line in reproduce.environment_drift(reproduce.read_json(original / "env.json"), run):
+        console.print(f"[yellow]warning:[/yellow] differs from env.json: {line}", highlight=False)
+    target = Path(rerun.find_arg(ns.overrides, "run_dir")
+                  or f"{original}-reproduce-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    code = _train([*rerun.from_run_dir(original, overrides), f"run_dir={target}"], rerun.PRIMARY)
+    if code:
+        return code
+    devices = [reproduce.read_json(d / "env.json").get("device", "") for d in (original, target)]
+    default = reproduce.EXACT if all(d.startswith("cpu") for d in devices) else reproduce.ACCELERATOR
+    atol = default[0] if ns.atol is None else ns.atol
+    rtol = default[1] if ns.rtol is None else ns.rtol
+    rows = reproduce.compare(before, reproduce.read_json(target / "metrics.json"), atol, rtol)
+    rows.append(reproduce.compare_history(original, target, atol, rtol))
+    console.print(reproduce.table(rows, f"{original} vs {target} (atol {atol:g}, rtol {rtol:g})"))
+    failed = [r.key for r in rows if r.match is False]
+    (target / "reproduction.json").write_text(json.dumps(
+        {"original": str(original), "atol": atol, "rtol": rtol, "match": not failed,
+         "mismatches": failed}, indent=2) + "\n")
+    if failed:
+        console.print(f"[red]mismatch[/red] in {len(failed)} of {len(rows)} checks: "
+                      f"{', '.join(failed)}", highlight=False)
+        return 1
+    console.print(f"[green]reproduced[/green]: every result of {original} matches ({target})",
+                  highlight=False)
+    return 0
 
 
 # -- eval / predict ---------------------------------------------------------------------

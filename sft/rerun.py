@@ -38,6 +38,14 @@ def without(args: list[str], *keys: str) -> list[str]:
     return [a for a in args if not ("=" in a and _key(a) in keys)]
 
 
+def value_overrides(args: list[str]) -> list[str]:
+    """`key=value` settings among the overrides (no group selections, deletions, hydra.*),
+    as OmegaConf's dotlist takes them."""
+    groups = _groups()
+    return [a.lstrip("+") for a in args if "=" in a and not a.startswith("~")
+            and _key(a) not in groups and not _key(a).startswith("hydra.")]
+
+
 def _groups() -> set[str]:
     return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
 

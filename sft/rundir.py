@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,16 @@ def git_state(cwd: Path) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def user_command(overrides: list[str]) -> str:
+    """The command line as typed (`sft ...`, also when started as `python -m sft.cli`);
+    for an in-process call, the equivalent `sft train` command."""
+    argv = list(sys.orig_argv)
+    for i, arg in enumerate(argv):
+        if arg == "sft.cli" or Path(arg).name == "sft":
+            return shlex.join(["sft", *argv[i + 1:]])
+    return shlex.join(["sft", "train", *overrides])
+
+
 def pip_freeze() -> list[str]:
     """`name==version` of every installed distribution (what `pip freeze` lists), sorted;
     read from package metadata, which is faster than a pip subprocess and needs no pip."""
@@ -134,7 +145,7 @@ def environment(run: RunConfig, device: str, overrides: list[str], data_files: d
     import transformers
 
     return {
-        "command": sys.argv,
+        "command": user_command(overrides),
         "overrides": overrides,
         "python": platform.python_version(),
         "platform": platform.platform(),

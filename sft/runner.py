@@ -79,7 +79,6 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
                       *fingerprints(run, prepared.task))
     if run.resume:
         env = record_resume(run_dir, env, start)
-        overrides = env["overrides"]  # the model card shows the original command
     run_dir.write_config(replace(run, resume=None))
     run_dir.write_json("env.json", env)
     sizes = ", ".join(f"{s} {len(d)}" for s, d in prepared.features.items())
@@ -94,8 +93,7 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
         run_dir.truncate_metrics(0)
     metrics = trainer.fit()
     run_dir.write_json("metrics.json", metrics)
-    command = "sft train " + " ".join(shlex.quote(o) for o in overrides or [])
-    run_dir.write_card(run, metrics, command)
+    run_dir.write_card(run, metrics, env["command"])  # a resumed run shows the original
     log.info("done: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                    if isinstance(v, float)))
     return metrics
