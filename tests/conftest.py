@@ -42,3 +42,35 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- a short tiny-bert run shared by the resume and reproduce tests ----------------------
+# 80 examples / batch 8 = 10 batches an epoch, so 12 steps cross an epoch boundary; the
+# logging window (4) is out of phase with checkpoints (3), so resume must restore it.
+SHORT = [*TINY, "data.max_train_samples=80", "data.max_eval_samples=32", "trainer.batch_size=8",
+         "trainer.max_steps=12", "trainer.save_steps=3", "trainer.eval_steps=6",
+         "trainer.log_steps=4", "optimizer.lr=1e-3"]
+
+
+def short_args(data_dir: Path, cache_dir: Path) -> list[str]:
+    return [*SHORT, f"data.dir={data_dir}", f"data.cache_dir={cache_dir}"]
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, cache_dir: Path) -> Path:
+    """An uninterrupted short run: the reference that resumed and reproduced runs must equal."""
+    run_dir = tmp_path_factory.mktemp("short") / "run"
+    result = run_cli("train", *short_args(data_dir, cache_dir), f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def results(run_dir: Path) -> tuple[list[dict], dict]:
+    """metrics.jsonl and metrics.json without wall-clock timings (which always differ)."""
+    from sft.rundir import is_timing
+
+    def strip(record: dict) -> dict:
+        return {k: v for k, v in record.items() if not is_timing(k)}
+
+    final = json.loads((run_dir / "metrics.json").read_text())
+    return [strip(r) for r in read_jsonl(run_dir / "metrics.jsonl")], strip(final)
