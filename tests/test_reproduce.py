@@ -1,0 +1,74 @@
+"""Exact reproduction on CPU: `sft reproduce`, the Hydra-native re-run, and env.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import REPO, results, run_cli
+
+from sft import reproduce
+
+
+def test_env_json_records_everything_needed_to_rerun(short_run, data_dir):
+    env = json.loads((short_run / "env.json").read_text())
+    assert env["command"].startswith("sft train ") and f"run_dir={short_run}" in env["command"]
+    assert "model=tiny-bert" in env["overrides"]
+    assert {"torch", "transformers", "datasets", "hydra"} <= env["versions"].keys()
+    assert any(line.startswith("torch==") for line in env["pip_freeze"])
+    assert set(env["git"]) == {"commit", "dirty"}
+    assert env["device"].startswith("cpu")
+    from sft.data import sha256_file
+
+    assert env["data_files"]["train"] == sha256_file(data_dir / "sst2" / "train.tsv")
+    assert set(env["model_files"]) == {"config.json"}  # model.init=random: the architecture
+
+
+def test_reproduce_a_finished_run_matches_exactly(short_run, tmp_path):
+    target = tmp_path / "again"
+    result = run_cli("reproduce", str(short_run), f"run_dir={target}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reproduced" in result.stderr and "MISMATCH" not in result.stderr
+    assert "warning" not in result.stderr  # same packages, data and model files
+    # two runs with the same config and seed: identical metrics files (timings aside)
+    assert results(target) == results(short_run)
+    assert json.loads((target / "reproduction.json").read_text())["match"] is True
+
+
+def test_reproduce_exits_1_when_a_result_was_tampered_with(short_run, tmp_path):
+    copy = tmp_path / "tampered"
+    shutil.copytree(short_run, copy, ignore=shutil.ignore_patterns("checkpoints", "best"))
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["validation/accuracy"] += 0.01
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    env = json.loads((copy / "env.json").read_text())
+    env["data_files"]["train"] = "0" * 64
+    env["pip_freeze"] = [line.replace("torch==", "torch==0.0.") for line in env["pip_freeze"]]
+    (copy / "env.json").write_text(json.dumps(env))
+    result = run_cli("reproduce", str(copy), f"run_dir={tmp_path / 'again'}",
+                     env={"COLUMNS": "200"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    warnings = result.stderr.split("config\n")[0]  # printed before the run starts
+    assert "data file train: sha256 differs" in warnings
+    assert "package torch: 0.0." in warnings
+    assert "mismatch in 1 of" in result.stderr and "validation/accuracy" in result.stderr
+
+
+def test_hydra_native_rerun_from_saved_config(short_run, tmp_path):
+    result = run_cli("train", "--config-path", str(short_run / ".hydra"), "--config-name",
+                     "config", cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "sentiment" / "tiny-bert").iterdir()  # a new run dir
+    assert (run_dir / "train.log").is_file()
+    assert results(run_dir) == results(short_run)
+
+
+def test_compare_tolerances_and_timings():
+    rows = reproduce.compare({"a": 1.0, "train/runtime_s": 3.0, "best/metric": "x"},
+                             {"a": 1.0 + 1e-9, "train/runtime_s": 9.0, "best/metric": "x"},
+                             atol=0.0, rtol=0.0)
+    verdict = {r.key: r.match for r in rows}
+    assert verdict == {"a": False, "train/runtime_s": None, "best/metric": True}
+    rows = reproduce.compare({"a": 1.0}, {"a": 1.0 + 1e-9}, atol=0.0, rtol=1e-6)
+    assert rows[0].match is True
+    assert reproduce.compare({"a": 1.0}, {}, 0.0, 0.0)[0].match is False
