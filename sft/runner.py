@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
