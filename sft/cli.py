@@ -1,4 +1,4 @@
-"""`sft` command line: train (Hydra), eval, predict.
+"""`sft` command line: train (Hydra; resume=RUN_DIR|latest), reproduce, eval, predict.
 
 User errors (bad config, missing files, bad data) print one line and exit with status 2;
 SFT_DEBUG=1 shows the traceback instead.

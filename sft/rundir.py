@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shlex
@@ -19,6 +20,7 @@ from sft.config import RunConfig
 
 CONFIG_FILE = "config.yaml"
 METRICS_LOG = "metrics.jsonl"
+log = logging.getLogger("sft")
 
 
 def is_timing(key: str) -> bool:
@@ -72,8 +74,9 @@ class RunDir:
             return
         path = self.path / METRICS_LOG
         if self.metrics_size() < size:
-            raise FileNotFoundError(f"{path} is shorter than when the checkpoint was saved")
-        if path.is_file():
+            log.warning("%s is shorter than when the checkpoint was saved (edited or lost?); "
+                        "appending to it as it is", path)
+        elif path.is_file():
             os.truncate(path, size)
 
     def write_card(self, run: RunConfig, metrics: dict[str, Any], command: str) -> None:
