@@ -14,7 +14,7 @@ install:
 # A real fine-tune: packaged MiniLM on 8,000 SST-2 sentences, one epoch on CPU.
 demo:
 	sft train task=sentiment model=minilm data.dir=$(DATA) data.max_train_samples=8000 \
-		trainer.epochs=1 optimizer.lr=1e-4 hardware=cpu run_dir=runs/demo
+		trainer.epochs=1 optimizer.lr=1e-4 hardware=cpu
 
 test:
 	$(PY) -m pytest -q
