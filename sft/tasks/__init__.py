@@ -8,9 +8,13 @@ from sft.config import DataConfig
 from sft.errors import ConfigError
 from sft.tasks.base import Task, TaskConfig
 from sft.tasks.classification import ClassificationTask
+from sft.tasks.question_answering import QuestionAnsweringTask
+from sft.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
+    "token_classification": TokenClassificationTask,
+    "qa": QuestionAnsweringTask,
 }
 
 

@@ -1,0 +1,176 @@
+"""Token classification (NER, POS, chunking): one label per word, first sub-token labelled.
+
+Entity tag sets are scored with seqeval in strict IOB2 mode (entity-level P/R/F1 overall
+and per type, the numbers CoNLL papers report) plus word accuracy; other tag sets
+(`task.entity_metrics=false`, e.g. POS) are scored by word accuracy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForTokenClassification, PreTrainedModel
+
+from sft.config import ModelConfig
+from sft.errors import ConfigError, DataError
+from sft.modeling import load_model
+from sft.tasks.base import IGNORE_INDEX, Evaluator, Task, TaskConfig, batched, pad_columns, to_device
+from sft.tasks.tagging import (
+    align_labels,
+    entity_metrics,
+    first_subtoken_positions,
+    group_entities,
+    read_conll,
+)
+
+CONLL_SUFFIXES = {".txt", ".conll", ".conllu", ".iob", ".iob2", ".bio"}
+
+
+@dataclass(frozen=True)
+class TokenClassificationConfig(TaskConfig):
+    type: str = "token_classification"
+    tokens_column: str = "tokens"  # list of words per row
+    tags_column: str = "tags"  # list of tags (names or ids into label_names) per row
+    tag_column: int = -1  # CoNLL files: the column that holds the tag (-1: the last)
+    label_names: list[str] = field(default_factory=list)
+    entity_metrics: bool = True  # IOB2 entity P/R/F1 (seqeval strict); false: accuracy only
+    metric: str = "f1"
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.label_names:
+            raise ConfigError("task.label_names is empty; list the tag set (e.g. [O, B-PER, I-PER])")
+        if self.entity_metrics:
+            bad = [n for n in self.label_names if n != "O" and n[:2] not in {"B-", "I-"}]
+            if bad:
+                raise ConfigError(f"task.label_names {bad} are not IOB2 tags (O, B-X, I-X); "
+                                  "set task.entity_metrics=false for non-entity tag sets")
+        if not self.entity_metrics and self.metric != "accuracy":
+            raise ConfigError("task.entity_metrics=false computes only 'accuracy'; "
+                              "set task.metric=accuracy")
+
+
+class TokenClassificationEvaluator(Evaluator):
+    """Keeps only the word tags of each sentence (not the logits)."""
+
+    def __init__(self, task: TokenClassificationTask) -> None:
+        super().__init__()
+        self.task = task
+        self.true: list[list[str]] = []
+        self.pred: list[list[str]] = []
+
+    def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
+        out = self.task.forward(model, batch)
+        self.add_loss(out.loss, len(batch["labels"]))
+        names = self.task.config.label_names
+        best = out.logits.argmax(-1).tolist()
+        for row, positions, gold in zip(best, batch["word_positions"], batch["word_labels"],
+                                        strict=True):
+            # words cut off by max_length (position -1) count as predicted "O"
+            self.pred.append([names[row[p]] if p >= 0 else "O" for p in positions])
+            self.true.append([names[t] for t in gold])
+
+    def metrics(self) -> dict[str, float]:
+        if self.task.config.entity_metrics:
+            return entity_metrics(self.true, self.pred)
+        pairs = [(t, p) for ts, ps in zip(self.true, self.pred, strict=True)
+                 for t, p in zip(ts, ps, strict=True)]
+        return {"accuracy": sum(t == p for t, p in pairs) / max(1, len(pairs))}
+
+
+class TokenClassificationTask(Task):
+    config_class = TokenClassificationConfig
+    pipeline_tag = "token-classification"
+    config: TokenClassificationConfig
+
+    def read_file(self, path: Path, split: str) -> Dataset | None:
+        if path.suffix.lower() not in CONLL_SUFFIXES:
+            return None  # jsonl/json/parquet with token and tag lists: the generic reader
+        rows = read_conll(path, self.config.tag_column)
+        return Dataset.from_dict({self.config.tokens_column: rows["tokens"],
+                                  self.config.tags_column: rows["tags"]})
+
+    def prepare_split(self, dataset: Any, split: str) -> Any:
+        c = self.config
+        for column in (c.tokens_column, c.tags_column):
+            if column not in dataset.column_names:
+                raise DataError(f"column '{column}' not found in the {split} split (columns: "
+                                f"{', '.join(dataset.column_names)}); set task.tokens_column / "
+                                "task.tags_column")
+        names = list(c.label_names)
+        to_id = {name: i for i, name in enumerate(names)} | {i: i for i in range(len(names))}
+
+        def ids(rows: dict[str, list]) -> dict[str, list]:
+            out = []
+            for tags in rows[c.tags_column]:
+                try:
+                    out.append([to_id[t] for t in tags])
+                except KeyError as err:
+                    raise DataError(f"tag {err.args[0]!r} in the {split} split is not in "
+                                    f"task.label_names {names}; fix the data or the tag set"
+                                    ) from None
+            return {"tag_ids": out}
+
+        return dataset.map(ids, batched=True, desc=f"tags ({split})")
+
+    def featurize(self, rows: dict[str, list]) -> dict[str, list]:
+        enc = self.tokenizer(rows[self.config.tokens_column], is_split_into_words=True,
+                             truncation=True, max_length=self.data.max_length)
+        labels, positions = [], []
+        for i, tags in enumerate(rows["tag_ids"]):
+            word_ids = enc.word_ids(i)
+            labels.append(align_labels(word_ids, tags))
+            first = {word_ids[p]: p for p in first_subtoken_positions(word_ids)}
+            positions.append([first.get(w, -1) for w in range(len(tags))])
+        return {**enc, "labels": labels, "word_labels": rows["tag_ids"],
+                "word_positions": positions}
+
+    def collate(self, columns: dict[str, list], pad_to_multiple_of: int | None) -> dict[str, Any]:
+        pad = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
+               "token_type_ids": 0, "labels": IGNORE_INDEX}
+        batch: dict[str, Any] = pad_columns(columns, pad, pad_to_multiple_of)
+        for key in ("word_labels", "word_positions"):  # for the evaluator, kept on the host
+            if key in columns:
+                batch[key] = columns[key]
+        return batch
+
+    def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
+        names = list(self.config.label_names)
+        return load_model(
+            AutoModelForTokenClassification, model_cfg, num_labels=len(names),
+            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        )
+
+    def evaluator(self) -> TokenClassificationEvaluator:
+        return TokenClassificationEvaluator(self)
+
+    @torch.inference_mode()
+    def predict(self, model: PreTrainedModel, records: list[dict[str, Any]],
+                batch_size: int) -> list[dict[str, Any]]:
+        """Entities with character spans in each record's raw "text". Words are the
+        tokenizer's pre-tokenized words; each takes the tag of its first sub-token."""
+        if any(not isinstance(r.get("text"), str) for r in records):
+            raise DataError("prediction input needs a 'text' string in every record")
+        names = list(self.config.label_names)
+        results: list[dict[str, Any]] = []
+        for chunk in batched(records, batch_size):
+            texts = [r["text"] for r in chunk]
+            enc = self.tokenizer(texts, truncation=True, max_length=self.data.max_length,
+                                 padding=True, return_offsets_mapping=True, return_tensors="pt")
+            offsets = enc.pop("offset_mapping").tolist()
+            inputs = {k: v for k, v in enc.items() if k in self.model_inputs}
+            probs = self.forward(model, to_device(inputs, model.device)).logits.float().softmax(-1)
+            scores, best = probs.max(-1)
+            for i, text in enumerate(texts):
+                word_ids = enc.word_ids(i)
+                firsts = first_subtoken_positions(word_ids)
+                last = {w: p for p, w in enumerate(word_ids) if w is not None}
+                tags = [names[int(best[i, p])] for p in firsts]
+                spans = [(offsets[i][p][0], offsets[i][last[word_ids[p]]][1]) for p in firsts]
+                results.append({"entities": group_entities(
+                    tags, spans, [float(scores[i, p]) for p in firsts], text)})
+        return results
