@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from sft.cli import main
 from sft.config import DataConfig, package_path
+from sft.tasks.base import batched
 from sft.tasks.question_answering import QuestionAnsweringConfig, QuestionAnsweringTask
 from sft.tasks.spans import best_span
 from sft.tasks.squad import SquadScorer, exact_match_score, f1_score, normalize_answer, split_articles
@@ -62,6 +64,36 @@ def test_answer_across_a_window_boundary_goes_to_cls(task: QuestionAnsweringTask
     # only the first window carries the context and references
     assert feats["context"][0] == context and feats["context"][1] == ""
     assert feats["references"][0] == [answer] and feats["references"][1] == []
+
+
+class Oracle(torch.nn.Module):
+    """Logits that point at the labelled answer tokens of each window (none at CLS)."""
+
+    def forward(self, input_ids: torch.Tensor, start_positions: torch.Tensor,
+                end_positions: torch.Tensor, **_: torch.Tensor) -> SimpleNamespace:
+        rows = torch.arange(len(input_ids))
+        start, end = (torch.zeros(input_ids.shape) for _ in range(2))
+        start[rows, start_positions] = 10.0 * (start_positions > 0)
+        end[rows, end_positions] = 10.0 * (end_positions > 0)
+        return SimpleNamespace(loss=torch.tensor(0.0), start_logits=start, end_logits=end)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_streaming_evaluator_joins_windows_across_batches(task: QuestionAnsweringTask,
+                                                          batch_size: int) -> None:
+    filler = " ".join(f"w{i}" for i in range(30))
+    contexts = [f"{filler} the answer is Blue Lagoon here. {filler}",
+                f"Short one: Oslo. {filler} {filler}"]
+    answers = [{"text": ["Blue Lagoon", "blue lagoon!"], "answer_start": [contexts[0].index("Blue")]},
+               {"text": ["Oslo"], "answer_start": [11]}]
+    feats = task.windows(["What?", "Where?"], contexts, answers)
+    feats.pop("example")
+    assert len(feats["window"]) > 4  # several windows per example
+    evaluator = task.evaluator()
+    for rows in batched(list(range(len(feats["window"]))), batch_size):
+        evaluator.update(Oracle(), task.collate({k: [v[i] for i in rows] for k, v in feats.items()},
+                                                None))
+    assert evaluator.compute() == {"exact_match": 100.0, "f1": 100.0, "loss": 0.0}
 
 
 def test_best_span_respects_order_and_length() -> None:
