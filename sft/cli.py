@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": _train, "eval": _eval, "predict": _predict, "reproduce": _reproduce,
                 "report": _report, "cv": _cv}
     if command not in commands:
-        console.print(f"error: unknown command '{command}'; choose one of: {', '.join(commands)}")
+        console.print(f"error: unknown command '{command}'; choose one of: {', '.join(commands)}",
+                      soft_wrap=True)  # one line, however many commands
         return 2
     try:
         return commands[command](rest) or 0
