@@ -1,4 +1,5 @@
-"""`sft` command line: train (Hydra; resume=RUN_DIR|latest), reproduce, eval, predict.
+"""`sft` command line: train (Hydra; resume=RUN_DIR|latest), reproduce, eval, predict,
+report, cv.
 
 User errors (bad config, missing files, bad data) print one line and exit with status 2;
 SFT_DEBUG=1 shows the traceback instead.
@@ -13,6 +14,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,9 @@ commands:
   eval RUN_DIR [split=NAME]    evaluate a run's best/ model on a split (default validation)
   predict RUN_DIR --input F --output F
                                predict jsonl/csv records, write jsonl with label and scores
+  report DIR|RUN_DIR... [--output DIR]
+                               rank a sweep's jobs; write summary.csv/json and plots
+  cv [folds=5] [overrides]     k-fold cross-validation over train+validation, mean ± std
 """
 
 
@@ -49,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": _train, "eval": _eval, "predict": _predict, "reproduce": _reproduce}
+    commands = {"train": _train, "eval": _eval, "predict": _predict, "reproduce": _reproduce,
+                "report": _report, "cv": _cv}
     if command not in commands:
-        console.print(f"error: unknown command '{command}'; choose one of: {', '.join(commands)}")
+        console.print(f"error: unknown command '{command}'; choose one of: {', '.join(commands)}",
+                      soft_wrap=True)  # one line, however many commands
         return 2
     try:
         return commands[command](rest) or 0
@@ -66,6 +73,11 @@ def _is_user_error(err: BaseException) -> bool:
     from hydra.errors import HydraException
 
     return isinstance(err, (SftError, HydraException, OmegaConfBaseException))
+
+
+def error_message(err: BaseException) -> str:
+    """One line for a failed job: the user-facing message, or the exception type and text."""
+    return describe(err) if _is_user_error(err) else f"{type(err).__name__}: {err}"
 
 
 # -- train ------------------------------------------------------------------------------
@@ -89,6 +101,7 @@ def _train(args: list[str], config_name: str = "train") -> int:
     sys.argv = ["sft train", *rerun.native_args(args), *[q for q in quiet if q not in args]]
     _failed_jobs.clear()
     _world[:] = [world]
+    _sweep.clear()
     try:
         hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(
             _train_job)()
@@ -97,48 +110,86 @@ def _train(args: list[str], config_name: str = "train") -> int:
         if world.is_main:
             console.print(f"[yellow]{stop}[/yellow]", highlight=False, soft_wrap=True)
         return stop.exit_code
+    except ValueError as err:  # Optuna has no best trial when every trial failed
+        if not (_sweep and len(_failed_jobs) == _sweep["jobs"]):
+            raise
+        log.error("%s", err)
     distributed.teardown(world)
-    multirun = any(a in {"-m", "--multirun"} for a in args)
-    if _failed_jobs and not multirun:
-        raise _failed_jobs[0][1]
-    for run_dir, err in _failed_jobs:
-        console.print(f"[red]job failed:[/red] {run_dir}: {describe(err)}", highlight=False)
-    return 1 if _failed_jobs else 0
+    if not _sweep:
+        if _failed_jobs:
+            raise _failed_jobs[0][1]
+        return 0
+    if not world.is_main:  # rank 0 reports
+        return min(len(_failed_jobs), 125)
+    return end_of_sweep(Path(_sweep["dir"]), len(_failed_jobs), _sweep["jobs"])
+
+
+def end_of_sweep(sweep_dir: Path, failed: int, jobs: int, title: str = "sweep") -> int:
+    """Summary table, files and plots; the exit status is the number of failed jobs."""
+    from sft.report import report
+
+    report([sweep_dir], sweep_dir, console, title=f"{title} {sweep_dir}")
+    if failed:
+        console.print(f"[red]{failed} of {jobs} jobs failed[/red]", highlight=False)
+    return min(failed, 125)
 
 
 # (run dir, error) of each failed job: a failing job is recorded, not raised through Hydra,
 # so a sweep goes on and a single run still ends in one clean line from main()
 _failed_jobs: list[tuple[Path, BaseException]] = []
 _world: list = []  # the distributed World of this process, set by _train
+_sweep: dict[str, Any] = {}  # multirun only: the sweep dir and the number of jobs so far
+
+
+def quiet_progress_bars() -> None:
+    """Library progress bars would interleave with ours (and flood sweep logs)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _train_job(cfg: DictConfig) -> float | None:
     """One Hydra job: validate, train, return the best metric (what Optuna optimizes)."""
-    import datasets
-    import transformers
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from sft.config import to_run_config
+    from sft.report import write_job_record
     from sft.runner import train
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_progress_bars()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:
+        _sweep["dir"] = hydra_cfg.sweep.dir
+        _sweep["jobs"] = _sweep.get("jobs", 0) + 1
+    start = time.perf_counter()
+
+    def record(error: str | None = None) -> None:
+        if _world[0].is_main:  # rank 0 writes the run dir
+            write_job_record(run_dir, overrides, time.perf_counter() - start, error)
+
     try:
         run = to_run_config(cfg)
         run = replace(run, run_dir=str(run_dir))
-        metrics = train(run, list(hydra_cfg.overrides.task), console, _world[0])
+        metrics = train(run, overrides, console, _world[0])
     except Exception as err:
         if os.environ.get("SFT_DEBUG") == "1":
             raise
-        if isinstance(err, SftError):
+        message = error_message(err)
+        if isinstance(err, SftError) and not multirun:
             _remove_if_untouched(run_dir)
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run reports once, from main()
-            log.error("job failed: %s", describe(err) if _is_user_error(err) else repr(err))
+        else:  # a sweep keeps the failed job's dir, so the report shows it with its error
+            record(message)
+        if multirun:  # say it now, not only at the end; a single run reports once, from main()
+            log.error("job %s failed (%s): %s", hydra_cfg.job.num, " ".join(overrides), message)
         _failed_jobs.append((run_dir, err))
         return None
+    record()
     return metrics.get("best/value")
 
 
@@ -197,6 +248,31 @@ def _reproduce(args: list[str]) -> int:
     console.print(f"[green]reproduced[/green]: every result of {original} matches ({target})",
                   highlight=False)
     return 0
+
+
+# -- report / cv ------------------------------------------------------------------------
+def _report(args: list[str]) -> int:
+    from sft.report import report
+
+    parser = argparse.ArgumentParser(prog="sft report", description="summarize sweep jobs")
+    parser.add_argument("dirs", nargs="+", type=Path, help="a sweep or cv dir, or run dirs")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where summary.csv/json and plots go (default: the one dir "
+                             "given, else the current dir)")
+    ns = parser.parse_args(args)
+    missing = [d for d in ns.dirs if not d.is_dir()]
+    if missing:
+        raise SftError(f"not a directory: {missing[0]}")
+    output = ns.output or (ns.dirs[0] if len(ns.dirs) == 1 else Path.cwd())
+    report(ns.dirs, output, Console(), title=" ".join(map(str, ns.dirs)))
+    return 0
+
+
+def _cv(args: list[str]) -> int:
+    from sft.cv import cross_validate
+
+    cv_dir, failed, folds = cross_validate(args, console)
+    return end_of_sweep(cv_dir, failed, folds, title=f"{folds}-fold cv")
 
 
 # -- eval / predict ---------------------------------------------------------------------

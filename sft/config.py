@@ -134,6 +134,9 @@ def register() -> None:
         OmegaConf.register_new_resolver("pkg", package_path)
     if not OmegaConf.has_resolver("started"):
         OmegaConf.register_new_resolver("started", lambda fmt: _started.strftime(fmt))
+    if not OmegaConf.has_resolver("direction"):  # Optuna's direction from greater_is_better
+        OmegaConf.register_new_resolver(
+            "direction", lambda greater: "maximize" if str(greater).lower() != "false" else "minimize")
     ConfigStore.instance().store(name="sft_schema", node=_writable_schema(RunConfig))
 
 

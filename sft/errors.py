@@ -15,3 +15,7 @@ class DataError(SftError):
 
 class ModelError(SftError):
     """A model or tokenizer cannot be loaded."""
+
+
+class TrainingError(SftError):
+    """Training diverged (non-finite loss) or otherwise cannot go on with these settings."""

@@ -39,11 +39,13 @@ class Prepared:
     features: DatasetDict
 
 
-def prepare(run: RunConfig, splits: tuple[str, ...] | None = None) -> Prepared:
-    """Tokenizer, task plug-in and cached features of the requested splits (all if None)."""
+def prepare(run: RunConfig, splits: tuple[str, ...] | None = None,
+            raw: DatasetDict | None = None) -> Prepared:
+    """Tokenizer, task plug-in and cached features of the requested splits (all if None);
+    `raw` replaces the task's own splits (cross-validation folds)."""
     tokenizer = load_tokenizer(run.model)
     task = build_task(run.task, tokenizer, run.data)
-    raw = load_splits(task, run.data)
+    raw = load_splits(task, run.data) if raw is None else raw
     if splits is not None:
         missing = [s for s in splits if s not in raw]
         if missing:
@@ -62,14 +64,15 @@ def fingerprints(run: RunConfig, task: Task) -> tuple[dict[str, str], dict[str, 
 
 
 def train(run: RunConfig, overrides: list[str] | None = None, console: Console | None = None,
-          world: World | None = None) -> dict[str, Any]:
+          world: World | None = None, raw: DatasetDict | None = None) -> dict[str, Any]:
     """Train `run` into run.run_dir and return the final metrics (also in metrics.json).
-    With `run.resume` (the run dir itself), continue from its newest valid checkpoint."""
+    With `run.resume` (the run dir itself), continue from its newest valid checkpoint;
+    `raw` replaces the task's own splits (cross-validation folds)."""
     world = world or World()
     run_dir = RunDir(run.run_dir, is_main=world.is_main)
     start = resume_point(run, run_dir)
     seed_everything(run.seed, run.trainer.deterministic)
-    prepared = prepare(run)
+    prepared = prepare(run, raw=raw)
     model = prepared.task.build_model(run.model)
     if world.is_main:
         (console or Console(stderr=True)).print(config_tree(run))

@@ -83,6 +83,14 @@ def evaluate(task: Task, model: PreTrainedModel, dataset: Dataset, run: RunConfi
     return evaluator.compute()
 
 
+def check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        from sft.errors import TrainingError
+
+        raise TrainingError(f"training loss is {loss} at step {step}: the run diverged; lower "
+                            "optimizer.lr or raise scheduler.warmup (with fp16: bf16 or fp32)")
+
+
 class Trainer:
     def __init__(self, run: RunConfig, task: Task, model: PreTrainedModel,
                  tokenizer: PreTrainedTokenizerBase, features: DatasetDict, run_dir: RunDir,
@@ -170,6 +178,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     mean_loss = (float(mean_across_ranks(self.window_loss, self.world))
                                  / self.window_steps)
+                    check_finite(mean_loss, self.step)  # read back here anyway: no extra sync
                     sps = self.window_samples / elapsed
                     self.loss_sum += mean_loss * self.window_steps
                     self.samples += self.window_samples
