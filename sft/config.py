@@ -61,7 +61,9 @@ class TrainerConfig:
     keep_last: int = 2
     metric: str | None = None  # None: the task's metric
     early_stopping_patience: int | None = None  # evaluations without improvement
-    pad_to_multiple_of: int | None = 8
+    # pad each batch to its longest row, rounded up to this; null: 8 on a GPU (tensor-core
+    # shapes), 1 on CPU, where rounding only adds work (+24% tokens on SST-2)
+    pad_to_multiple_of: int | None = None
     group_by_length: bool = True  # batch similar lengths together (less padding)
     eval_test: bool = True  # evaluate the best model on a labelled test split at the end
     deterministic: bool = False
@@ -73,7 +75,7 @@ class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that has it)
     compile: bool = False
-    num_threads: int | None = None
+    num_threads: int | None = None  # torch CPU threads; null: torch's default (physical cores)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ def _check_values(run: RunConfig) -> None:
     _check(t.epochs >= 1 or t.max_steps > 0, "set trainer.epochs >= 1 or trainer.max_steps > 0")
     _check(t.eval_steps is None or t.eval_steps >= 1, "trainer.eval_steps must be >= 1 or null")
     _check(t.save_steps is None or t.save_steps >= 1, "trainer.save_steps must be >= 1 or null")
+    _check(t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1,
+           f"trainer.pad_to_multiple_of must be >= 1 or null, got {t.pad_to_multiple_of}")
     _check(t.log_steps >= 1, f"trainer.log_steps must be >= 1, got {t.log_steps}")
     _check(t.keep_last >= 1, f"trainer.keep_last must be >= 1, got {t.keep_last}")
     _check(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
@@ -217,6 +221,8 @@ def _check_values(run: RunConfig) -> None:
            f"hardware.precision must be auto, fp32, bf16 or fp16, got '{h.precision}'")
     _check(h.device == "auto" or h.device == "cpu" or h.device.startswith("cuda"),
            f"hardware.device must be auto, cpu or cuda[:N], got '{h.device}'")
+    _check(h.num_threads is None or h.num_threads >= 1,
+           f"hardware.num_threads must be >= 1 or null, got {h.num_threads}")
     _check(m.init in {"pretrained", "random"},
            f"model.init must be 'pretrained' or 'random', got '{m.init}'")
     _check(m.freeze_layers >= 0, f"model.freeze_layers must be >= 0, got {m.freeze_layers}")

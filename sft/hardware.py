@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -11,6 +12,20 @@ from sft.config import HardwareConfig
 from sft.errors import ConfigError
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("sft")
+
+
+def apply_threads(cfg: HardwareConfig) -> None:
+    """`hardware.num_threads` sets torch's intra-op CPU threads (null: torch's default, one
+    per physical core); more threads than cores only adds contention."""
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+
+
+def cpu_has_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere a bf16 matmul
+    falls back to slow generic code and autocast makes training slower, not faster."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(cfg: HardwareConfig, local_rank: int = 0) -> torch.device:
@@ -30,7 +45,17 @@ def autocast_dtype(cfg: HardwareConfig, device: torch.device) -> torch.dtype | N
         return torch.bfloat16 if cuda_bf16 else None
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("hardware.precision=fp16 needs a CUDA GPU; use bf16 on CPU")
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("hardware.precision=bf16 on a CPU without native bf16 matmul (no AVX512-BF16/"
+                    "AMX): expect it to be slower than fp32")
     return _DTYPES[cfg.precision]
+
+
+def pad_multiple(configured: int | None, device: torch.device) -> int | None:
+    """`trainer.pad_to_multiple_of`, with null resolved per device."""
+    if configured is None:
+        return 8 if device.type == "cuda" else None
+    return configured if configured > 1 else None
 
 
 @contextlib.contextmanager

@@ -14,8 +14,10 @@ metrics. Every feature is a config flag:
   RNG states, step, the partial logging window, the metrics.jsonl offset), so `resume_from`
   continues bit-identically; SIGINT/SIGTERM finish the step, save and raise TrainingInterrupted
 - `hardware.precision` autocast (bf16/fp16 with a grad scaler), `hardware.compile`
-- dynamic padding to `trainer.pad_to_multiple_of`; the loss is read back to the host only
-  every `trainer.log_steps` steps, so the hot loop never waits on the device
+- dynamic padding to `trainer.pad_to_multiple_of` (null: 8 on GPU, none on CPU),
+  `trainer.group_by_length` (batches of similar lengths), fused AdamW (`optimizer.fused`);
+  the loss is read back to the host only every `trainer.log_steps` steps, so the hot loop
+  never waits on the device
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft import checkpoint
 from sft.config import RunConfig
+from sft.data import sequence_lengths
 from sft.distributed import World, mean_across_ranks
 from sft.errors import DataError
-from sft.hardware import autocast, autocast_dtype, resolve_device
+from sft.hardware import autocast, autocast_dtype, pad_multiple, resolve_device
 from sft.interrupt import StopOnSignals, TrainingInterrupted
 from sft.optim import build_optimizer, build_scheduler
 from sft.rundir import RunDir
@@ -71,8 +74,9 @@ def evaluate(task: Task, model: PreTrainedModel, dataset: Dataset, run: RunConfi
     per-example is kept beyond what the metric needs."""
     t = run.trainer
     batches = epoch_batches(len(dataset), t.eval_batch_size, 0, 0, shuffle=False)
-    loader = make_loader(task, dataset, batches, t.pad_to_multiple_of, run.data.num_workers)
     device = next(model.parameters()).device
+    loader = make_loader(task, dataset, batches, pad_multiple(t.pad_to_multiple_of, device),
+                         run.data.num_workers)
     was_training = model.training
     model.eval()
     evaluator = task.evaluator()
@@ -108,8 +112,7 @@ class Trainer:
         self.train_model = self.forward_model if self.world_size == 1 else DDP(
             self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         t = run.trainer
-        self.lengths = ([len(ids) for ids in features["train"]["input_ids"]]
-                        if t.group_by_length else None)
+        self.lengths = sequence_lengths(features["train"]) if t.group_by_length else None
         self.batches_per_epoch = len(epoch_batches(len(features["train"]), t.batch_size, 0, 0,
                                                    False, self.rank, self.world_size))
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
@@ -144,8 +147,8 @@ class Trainer:
                                     epoch, True, self.rank, self.world_size,
                                     self.lengths)[offset:]
             yield from make_loader(self.task, self.features["train"], batches,
-                                   t.pad_to_multiple_of, self.run.data.num_workers,
-                                   self.run.seed * 100_003 + epoch)
+                                   pad_multiple(t.pad_to_multiple_of, self.device),
+                                   self.run.data.num_workers, self.run.seed * 100_003 + epoch)
             epoch, offset = epoch + 1, 0
 
     # -- the loop ------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""Correctness of the speed features: length-grouped sampler, lengths, padding, fused AdamW,
+threads, a bf16 run, and the tokenization cache hit on a second launch (never timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from sft.config import HardwareConfig
+from sft.data import sequence_lengths
+from sft.hardware import apply_threads, pad_multiple
+from sft.optim import build_optimizer
+from sft.sampling import epoch_batches
+from sft.tasks.base import pad_columns
+from tests.conftest import REPO, TINY, read_jsonl, run_cli
+
+LENGTHS = [(i * 7919) % 61 + 3 for i in range(1000)]  # ragged, deterministic
+
+
+def padded_tokens(batches: list[list[int]]) -> int:
+    return sum(len(b) * max(LENGTHS[i] for i in b) for b in batches)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_epoch_covers_every_index_once_and_is_seed_deterministic(lengths: list[int] | None) -> None:
+    batches = epoch_batches(1000, 32, seed=3, epoch=0, lengths=lengths)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000))
+    assert all(len(b) == 32 for b in batches[:-1] if lengths is None)
+    assert batches == epoch_batches(1000, 32, seed=3, epoch=0, lengths=lengths)
+    assert batches != epoch_batches(1000, 32, seed=3, epoch=1, lengths=lengths)
+    assert batches != epoch_batches(1000, 32, seed=4, epoch=0, lengths=lengths)
+
+
+def test_length_grouping_cuts_padding_and_shards_disjointly() -> None:
+    grouped = epoch_batches(1000, 32, seed=0, epoch=0, lengths=LENGTHS)
+    plain = epoch_batches(1000, 32, seed=0, epoch=0)
+    assert padded_tokens(grouped) < 0.75 * padded_tokens(plain)
+    shards = [epoch_batches(1000, 32, 0, 0, rank=r, world_size=2, lengths=LENGTHS) for r in (0, 1)]
+    seen = [i for shard in shards for b in shard for i in b]
+    assert len(seen) == len(set(seen)) and len(shards[0]) == len(shards[1])
+
+
+def test_sequence_lengths_follow_an_indices_mapping() -> None:
+    data = Dataset.from_dict({"input_ids": [[1] * n for n in LENGTHS]}).select(range(999, 0, -7))
+    assert sequence_lengths(data) == [len(ids) for ids in data["input_ids"]]
+
+
+def test_padding_rounds_only_where_it_pays() -> None:
+    assert pad_multiple(None, torch.device("cpu")) is None
+    assert pad_multiple(None, torch.device("cuda")) == 8
+    assert pad_multiple(1, torch.device("cuda")) is None
+    columns = {"input_ids": [[5] * 3, [5] * 10], "attention_mask": [[1] * 3, [1] * 10]}
+    for multiple, width in ((None, 10), (8, 16)):
+        batch = pad_columns(columns, {"input_ids": 0, "attention_mask": 0}, multiple)
+        assert batch["input_ids"].shape == (2, width)
+        assert batch["attention_mask"].sum().item() == 13
+
+
+def test_fused_adamw_and_threads_come_from_config() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    node = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3,
+            "weight_decay": 0.01, "fused": True, "foreach": None}
+    optimizer = build_optimizer(model, node)
+    assert optimizer.defaults["fused"] is True
+    model(torch.randn(2, 4)).sum().backward()
+    before = model[0].weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, model[0].weight)
+    threads = torch.get_num_threads()
+    try:
+        apply_threads(HardwareConfig(num_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bf16_run_trains(tmp_path: Path, data_dir: Path, cache_dir: Path) -> None:
+    run_dir = tmp_path / "bf16"
+    result = run_cli("train", "task=sentiment", *TINY, f"data.dir={data_dir}",
+                     f"data.cache_dir={cache_dir}", "data.max_train_samples=128",
+                     "data.max_eval_samples=64", "trainer.max_steps=6", "trainer.log_steps=2",
+                     "trainer.batch_size=16", "hardware.precision=bf16", "hardware.num_threads=1",
+                     f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["validation/accuracy"] <= 1.0
+    assert metrics["train/tokens_per_s"] > 0
+
+
+LAUNCH = """
+import json, sys
+from hydra import compose, initialize_config_dir
+from sft.config import CONFIG_DIR, register, to_run_config
+from sft.runner import prepare
+from sft.tasks.classification import ClassificationTask
+
+calls = []
+original = ClassificationTask.featurize
+ClassificationTask.featurize = lambda self, rows: calls.append(1) or original(self, rows)
+register()
+with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    cfg = compose("train", overrides=sys.argv[1:])
+features = prepare(to_run_config(cfg)).features
+print(json.dumps({"calls": len(calls), "rows": {s: len(d) for s, d in features.items()},
+                  "files": sorted(f["filename"] for d in features.values() for f in d.cache_files)}))
+"""
+
+
+def test_second_launch_reuses_the_tokenization_cache(tmp_path: Path, data_dir: Path) -> None:
+    overrides = ["task=sentiment", "model=tiny-bert", f"data.dir={data_dir}",
+                 f"data.cache_dir={tmp_path}", "data.max_train_samples=300",
+                 "data.max_eval_samples=50"]
+
+    def launch(*extra: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", LAUNCH, *overrides, *extra], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = launch(), launch()
+    assert first["calls"] > 0 and second["calls"] == 0  # the tokenizer never ran again
+    assert second["files"] == first["files"] and second["rows"] == {"train": 300, "validation": 50}
+    assert all(f.startswith(str(tmp_path)) for f in second["files"])
+    assert launch("data.max_length=16")["calls"] > 0  # a changed setting is a new key, not stale
