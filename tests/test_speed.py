@@ -99,36 +99,50 @@ def test_bf16_run_trains(tmp_path: Path, data_dir: Path, cache_dir: Path) -> Non
 
 LAUNCH = """
 import json, sys
-from hydra import compose, initialize_config_dir
-from sft.config import CONFIG_DIR, register, to_run_config
-from sft.runner import prepare
-from sft.tasks.classification import ClassificationTask
-
-calls = []
-original = ClassificationTask.featurize
-ClassificationTask.featurize = lambda self, rows: calls.append(1) or original(self, rows)
-register()
-with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-    cfg = compose("train", overrides=sys.argv[1:])
-features = prepare(to_run_config(cfg)).features
-print(json.dumps({"calls": len(calls), "rows": {s: len(d) for s, d in features.items()},
-                  "files": sorted(f["filename"] for d in features.values() for f in d.cache_files)}))
+from tests.test_speed import prepare_counting
+print(json.dumps(prepare_counting(sys.argv[1:])))
 """
+
+
+def prepare_counting(overrides: list[str]) -> dict:
+    """Prepare a run's features, counting how many row batches went through the tokenizer."""
+    from hydra import compose, initialize_config_dir
+
+    from sft.config import CONFIG_DIR, register, to_run_config
+    from sft.runner import prepare
+    from sft.tasks.classification import ClassificationTask
+
+    calls = []
+    original = ClassificationTask.featurize
+
+    def counting(self: ClassificationTask, rows: dict) -> dict:
+        calls.append(len(next(iter(rows.values()))))
+        return original(self, rows)
+
+    ClassificationTask.featurize = counting  # type: ignore[method-assign]
+    try:
+        register()
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        features = prepare(to_run_config(cfg)).features
+    finally:
+        ClassificationTask.featurize = original  # type: ignore[method-assign]
+    return {"calls": len(calls), "rows": {s: len(d) for s, d in features.items()},
+            "files": sorted(f["filename"] for d in features.values() for f in d.cache_files)}
 
 
 def test_second_launch_reuses_the_tokenization_cache(tmp_path: Path, data_dir: Path) -> None:
     overrides = ["task=sentiment", "model=tiny-bert", f"data.dir={data_dir}",
                  f"data.cache_dir={tmp_path}", "data.max_train_samples=300",
                  "data.max_eval_samples=50"]
-
-    def launch(*extra: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", LAUNCH, *overrides, *extra], cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    first, second = launch(), launch()
+    first = prepare_counting(overrides)
+    # the second launch is a fresh process: fingerprints must not depend on this one's state
+    out = subprocess.run([sys.executable, "-c", LAUNCH, *overrides], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    second = json.loads(out.stdout.strip().splitlines()[-1])
     assert first["calls"] > 0 and second["calls"] == 0  # the tokenizer never ran again
     assert second["files"] == first["files"] and second["rows"] == {"train": 300, "validation": 50}
     assert all(f.startswith(str(tmp_path)) for f in second["files"])
-    assert launch("data.max_length=16")["calls"] > 0  # a changed setting is a new key, not stale
+    # a changed setting is a new key, never a stale hit
+    assert prepare_counting([*overrides, "data.max_length=16"])["calls"] > 0
