@@ -69,11 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--cases", nargs="*", help="run only these train cases (names as in the table)")
-    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--ablations", action=argparse.BooleanOptionalAction,
+                   help="sft's speed features switched off one at a time (default: on, quick off)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--output", default="bench-results.json")
     args = p.parse_args(argv)
     quick = args.quick
+    args.ablations = (not quick) if args.ablations is None else args.ablations
     args.repeats = args.repeats or (1 if quick else 3)
     args.steps = args.steps or (12 if quick else 400)
     args.padmax_steps = args.padmax_steps or (4 if quick else 40)
@@ -154,7 +156,7 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
             steps = args.padmax_steps if case.get("padding") == "max_length" else args.steps
             say(f"[{rep + 1}/{args.repeats}] {name} ({steps} steps)")
             runs[name].append(run_child({**base, **case, "name": name, "steps": steps}))
-    if not args.no_ablations:
+    if args.ablations:
         for name, extra in ABLATIONS.items():
             say(f"[ablation] {name}")
             runs[name] = [run_child({**base, "kind": "sft", "name": name, "extra": extra})]
