@@ -33,7 +33,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).resolve().parent / "bench_child.py"
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)  # full table in logs
 
 # name -> (kind, precision, extra sft overrides or HF padding); sft's defaults are its best
 TRAIN_CASES: dict[str, dict[str, Any]] = {
@@ -155,11 +155,13 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
         for name, case in cases.items():
             steps = args.padmax_steps if case.get("padding") == "max_length" else args.steps
             say(f"[{rep + 1}/{args.repeats}] {name} ({steps} steps)")
-            runs[name].append(run_child({**base, **case, "name": name, "steps": steps}))
+            runs[name].append({**run_child({**base, **case, "name": name, "steps": steps}),
+                               "steps": steps})
     if args.ablations:
         for name, extra in ABLATIONS.items():
             say(f"[ablation] {name}")
-            runs[name] = [run_child({**base, "kind": "sft", "name": name, "extra": extra})]
+            runs[name] = [{**run_child({**base, "kind": "sft", "name": name, "extra": extra}),
+                           "steps": args.steps}]
     out["cases"] = {n: {"runs": r, "median": median_of(r)} for n, r in runs.items()}
     say("evaluation memory: 1x and 10x validation set")
     out["eval_memory"] = {f"{k}x": run_child({**base, "kind": "evalmem", "eval_repeat": k})
@@ -193,15 +195,16 @@ def fmt(value: Any, spec: str) -> str:
 def print_tables(out: dict[str, Any]) -> None:
     m, s = out["machine"], out["settings"]
     table = Table(title=f"sft vs HF Trainer · MiniLM SST-2 · batch {s['batch_size']} · "
-                        f"{s['steps']} steps · {m['cpu']} ({m['threads']} threads)"
+                        f"{m['cpu']} ({m['threads']} threads)"
                         + (f" · {m['gpu']}" if m["gpu"] else ""))
-    for col in ("case", "runs", "samples/s", "real tok/s", "train s", "peak MB", "val acc",
+    for col in ("case", "runs", "steps", "samples/s", "real tok/s", "train s", "peak MB", "val acc",
                 "sft/HF best", "model GFLOP/s", "% matmul peak"):
         table.add_column(col, justify="left" if col == "case" else "right")
     for name, case in out["cases"].items():
         med = case["median"]
         ok = sum("error" not in r for r in case["runs"])
-        table.add_row(name, f"{ok}/{len(case['runs'])}", fmt(med.get("samples_per_s"), ".1f"),
+        table.add_row(name, f"{ok}/{len(case['runs'])}", fmt(case["runs"][0]["steps"], "d"),
+                      fmt(med.get("samples_per_s"), ".1f"),
                       fmt(med.get("tokens_per_s"), ".0f"), fmt(med.get("train_s"), ".1f"),
                       fmt(med.get("peak_mb"), ".0f"), fmt(med.get("accuracy"), ".4f"),
                       fmt(med.get("vs_hf_best"), ".2f") + ("x" if "vs_hf_best" in med else ""),
