@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--cases", nargs="*", help="run only these train cases (names as in the table)")
+    p.add_argument("--cases", nargs="*", help="run only these cases (names as in the table)")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction,
                    help="sft's speed features switched off one at a time (default: on, quick off)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
@@ -159,6 +159,8 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
                                "steps": steps})
     if args.ablations:
         for name, extra in ABLATIONS.items():
+            if args.cases and name not in args.cases:
+                continue
             say(f"[ablation] {name}")
             runs[name] = [{**run_child({**base, "kind": "sft", "name": name, "extra": extra}),
                            "steps": args.steps}]
