@@ -107,13 +107,20 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+CHILD_TIMEOUT_S = 3600
+
+
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement in a fresh interpreter; the child's last line is `BENCH {json}`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(CHILD), json.dumps(spec)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, str(CHILD), json.dumps(spec)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        console.print(f"[red]{spec.get('name', spec['kind'])} timed out[/red]")
+        return {"error": f"timed out after {CHILD_TIMEOUT_S} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
