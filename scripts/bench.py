@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 CHILD = Path(__file__).resolve().parent / "bench_child.py"
 console = Console(width=None if sys.stdout.isatty() else 150)  # full table in logs
 
@@ -54,11 +55,17 @@ ABLATIONS: dict[str, list[str]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import torch
+
+    from sft.hardware import cpu_has_bf16
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small version (~3 min on 2 cores)")
     p.add_argument("--repeats", type=int, help="runs per case (median reported); default 3, quick 1")
     p.add_argument("--steps", type=int, help="optimizer steps per run; default 400, quick 12")
     p.add_argument("--padmax-steps", type=int, help="steps of the slow pad-to-max case")
+    p.add_argument("--bf16-steps", type=int, help="steps of bf16 cases; default --steps where "
+                   "bf16 is native, else steps/10 (quick: skipped), 0 skips them")
     p.add_argument("--train-samples", type=int, help="train subset; default all 67,349")
     p.add_argument("--eval-samples", type=int, help="validation subset; default all 872")
     p.add_argument("--batch-size", type=int, default=32)
@@ -83,9 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train_samples = args.train_samples or 2000
         args.eval_samples = args.eval_samples or 200
     if args.device == "auto":
-        import torch
-
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.bf16_steps is None:
+        native = (torch.cuda.is_bf16_supported() if args.device.startswith("cuda")
+                  else cpu_has_bf16())
+        args.bf16_steps = args.steps if native else 0 if quick else max(4, args.steps // 10)
     return args
 
 
@@ -146,35 +155,50 @@ def base_spec(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
+    """Run every case; `out` is saved to --output after each child, so a bench cut short
+    keeps what it measured."""
     base = base_spec(args, cache_dir)
     say = console.print
     out: dict[str, Any] = {"machine": machine(args), "command": " ".join([sys.executable, *sys.argv]),
-                           "settings": {k: v for k, v in base.items() if k != "cache_dir"}}
+                           "settings": {k: v for k, v in base.items() if k != "cache_dir"},
+                           "startup": {}, "matmul": {}, "cases": {}, "eval_memory": {}}
+
+    def child(section: dict[str, Any], key: str, spec: dict[str, Any]) -> None:
+        result = run_child({**base, **spec})
+        if "steps" in spec or spec["kind"] == "sft":
+            result["steps"] = spec.get("steps", base["steps"])
+        if section is out["cases"]:
+            section.setdefault(key, {"runs": []})["runs"].append(result)
+        else:
+            section[key] = result
+        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+
     # start-up first: the cold launch tokenizes into the (empty) cache the others reuse
     say("start-up: cold then warm tokenization cache")
-    out["startup"] = {w: run_child({**base, "kind": "startup", "name": f"startup {w}"})
-                      for w in ("cold", "warm")}
+    for when in ("cold", "warm"):
+        child(out["startup"], when, {"kind": "startup"})
     say("matmul peak")
-    out["matmul"] = run_child({**base, "kind": "matmul"})
+    child(out, "matmul", {"kind": "matmul"})
     cases = {n: c for n, c in TRAIN_CASES.items() if not args.cases or n in args.cases}
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in cases}
+    if args.bf16_steps <= 0:
+        say("bf16 cases skipped: no native bf16 matmul here (AVX512-BF16/AMX or a bf16 GPU); "
+            "--bf16-steps N runs them anyway")
+        cases = {n: c for n, c in cases.items() if c["precision"] != "bf16"}
     for rep in range(args.repeats):  # interleaved: A B C A B C ...
         for name, case in cases.items():
-            steps = args.padmax_steps if case.get("padding") == "max_length" else args.steps
+            steps = (args.padmax_steps if case.get("padding") == "max_length" else
+                     args.bf16_steps if case["precision"] == "bf16" else args.steps)
             say(f"[{rep + 1}/{args.repeats}] {name} ({steps} steps)")
-            runs[name].append({**run_child({**base, **case, "name": name, "steps": steps}),
-                               "steps": steps})
-    if args.ablations:
-        for name, extra in ABLATIONS.items():
-            if args.cases and name not in args.cases:
-                continue
+            child(out["cases"], name, {**case, "name": name, "steps": steps})
+    for name, extra in ABLATIONS.items() if args.ablations else ():
+        if not args.cases or name in args.cases:
             say(f"[ablation] {name}")
-            runs[name] = [{**run_child({**base, "kind": "sft", "name": name, "extra": extra}),
-                           "steps": args.steps}]
-    out["cases"] = {n: {"runs": r, "median": median_of(r)} for n, r in runs.items()}
+            child(out["cases"], name, {"kind": "sft", "name": name, "extra": extra})
     say("evaluation memory: 1x and 10x validation set")
-    out["eval_memory"] = {f"{k}x": run_child({**base, "kind": "evalmem", "eval_repeat": k})
-                          for k in (1, 10)}
+    for k in (1, 10):
+        child(out["eval_memory"], f"{k}x", {"kind": "evalmem", "eval_repeat": k})
+    for case in out["cases"].values():
+        case["median"] = median_of(case["runs"])
     return out
 
 
