@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -159,7 +160,7 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
     keeps what it measured."""
     base = base_spec(args, cache_dir)
     say = console.print
-    out: dict[str, Any] = {"machine": machine(args), "command": " ".join([sys.executable, *sys.argv]),
+    out: dict[str, Any] = {"machine": machine(args), "command": shlex.join([sys.executable, *sys.argv]),
                            "settings": {k: v for k, v in base.items() if k != "cache_dir"},
                            "startup": {}, "matmul": {}, "cases": {}, "eval_memory": {}}
 
