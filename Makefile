@@ -4,7 +4,7 @@ DATA ?= ../shared/data
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench bench-quick
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -24,3 +24,6 @@ lint:
 
 bench:
 	$(PY) scripts/bench.py
+
+bench-quick:
+	$(PY) scripts/bench.py --quick
