@@ -89,7 +89,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
 
     from sft.data import sequence_lengths
     from sft.runner import prepare
-    from sft.trainer import seed_everything
+    from sft.seeding import seed_everything
 
     torch.set_num_threads(spec["threads"])
     run = compose_run(spec)

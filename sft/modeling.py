@@ -82,6 +82,15 @@ def load_model(auto_class: Any, cfg: ModelConfig, **config_kwargs: Any) -> PreTr
     return model
 
 
+def load_labelled_model(auto_class: Any, cfg: ModelConfig,
+                        label_names: list[str]) -> PreTrainedModel:
+    """A model with a classification head over `label_names`, saved with id2label so
+    transformers pipelines print the names."""
+    return load_model(auto_class, cfg, num_labels=len(label_names),
+                      id2label=dict(enumerate(label_names)),
+                      label2id={name: i for i, name in enumerate(label_names)})
+
+
 _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
 
 

@@ -40,6 +40,16 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
                           env={**os.environ, **(env or {})})
 
 
+def train_tiny(run_dir: Path, data_dir: Path, cache_dir: Path, *overrides: str) -> Path:
+    """Train the tiny model in-process through the real CLI entry point; returns run_dir."""
+    from sft.cli import main
+
+    code = main(["train", *TINY, f"data.dir={data_dir}", f"data.cache_dir={cache_dir}",
+                 f"run_dir={run_dir}", *overrides])
+    assert code == 0
+    return run_dir
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -18,7 +18,7 @@ def test_minilm_learns_sentiment(tmp_path: Path, data_dir: Path, cache_dir: Path
                      "trainer.epochs=2", "optimizer.lr=1e-4", "trainer.progress=false")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["validation/accuracy"] >= 0.75, metrics  # chance is ~0.5
+    assert metrics["validation/accuracy"] >= 0.70, metrics  # chance is ~0.5 (sd 0.03 on 256)
     classify = pipeline("text-classification", model=str(run_dir / "best"))
     obvious = classify(["a wonderful , moving and beautifully acted film .",
                         "a dull , boring and painfully bad movie ."])

@@ -14,7 +14,7 @@ from sft.errors import DataError
 from sft.tasks.base import IGNORE_INDEX
 from sft.tasks.tagging import align_labels, entity_metrics, group_entities, read_conll
 from sft.tasks.token_classification import TokenClassificationConfig, TokenClassificationTask
-from tests.conftest import TINY, read_jsonl
+from tests.conftest import TINY, read_jsonl, train_tiny
 
 CONLL = """-DOCSTART- -X- -X- O
 
@@ -98,11 +98,9 @@ def test_unknown_tag_is_a_data_error(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.fixture(scope="module")
 def ner_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, cache_dir: Path) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "ner"
-    code = main(["train", *TINY, "task=ner", f"data.dir={data_dir}", f"data.cache_dir={cache_dir}",
-                 f"run_dir={run_dir}", "data.max_train_samples=48", "data.max_eval_samples=24",
-                 "trainer.max_steps=4", "trainer.batch_size=12", "optimizer.lr=1e-3"])
-    assert code == 0
-    return run_dir
+    return train_tiny(run_dir, data_dir, cache_dir, "task=ner", "data.max_train_samples=48",
+                      "data.max_eval_samples=24", "trainer.max_steps=4", "trainer.batch_size=12",
+                      "optimizer.lr=1e-3")
 
 
 def test_ner_run_dir_is_complete(ner_run: Path) -> None:

@@ -17,7 +17,7 @@ from sft.tasks.base import batched
 from sft.tasks.question_answering import QuestionAnsweringConfig, QuestionAnsweringTask
 from sft.tasks.spans import best_span
 from sft.tasks.squad import SquadScorer, exact_match_score, f1_score, normalize_answer, split_articles
-from tests.conftest import TINY, read_jsonl
+from tests.conftest import read_jsonl, train_tiny
 
 
 def test_official_normalisation_em_f1() -> None:
@@ -120,12 +120,9 @@ def test_article_split_is_disjoint_and_seeded() -> None:
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, cache_dir: Path) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "qa"
-    code = main(["train", *TINY, "task=qa", f"data.dir={data_dir}", f"data.cache_dir={cache_dir}",
-                 f"run_dir={run_dir}", "data.max_train_samples=32", "data.max_eval_samples=16",
-                 "data.max_length=128", "task.doc_stride=32", "trainer.max_steps=2",
-                 "trainer.batch_size=16", "optimizer.lr=1e-3"])
-    assert code == 0
-    return run_dir
+    return train_tiny(run_dir, data_dir, cache_dir, "task=qa", "data.max_train_samples=32",
+                      "data.max_eval_samples=16", "data.max_length=128", "task.doc_stride=32",
+                      "trainer.max_steps=2", "trainer.batch_size=16", "optimizer.lr=1e-3")
 
 
 def test_qa_run_dir_is_complete(qa_run: Path) -> None:

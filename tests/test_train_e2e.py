@@ -10,19 +10,16 @@ import yaml
 from transformers import pipeline
 
 from sft.cli import main
-from tests.conftest import TINY, read_jsonl
+from tests.conftest import read_jsonl, train_tiny
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path,
                  cache_dir: Path) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "sentiment"
-    code = main(["train", *TINY, f"data.dir={data_dir}", f"data.cache_dir={cache_dir}",
-                 f"run_dir={run_dir}", "data.max_train_samples=256", "data.max_eval_samples=64",
-                 "trainer.max_steps=12", "trainer.eval_steps=6", "trainer.log_steps=3",
-                 "trainer.batch_size=16", "optimizer.lr=1e-3"])
-    assert code == 0
-    return run_dir
+    return train_tiny(run_dir, data_dir, cache_dir, "data.max_train_samples=256",
+                      "data.max_eval_samples=64", "trainer.max_steps=12", "trainer.eval_steps=6",
+                      "trainer.log_steps=3", "trainer.batch_size=16", "optimizer.lr=1e-3")
 
 
 def test_run_dir_has_every_file(finished_run: Path) -> None:

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from sft.config import ModelConfig
 from sft.errors import ConfigError, DataError
-from sft.modeling import load_model
+from sft.modeling import load_labelled_model
 from sft.tasks.base import Evaluator, Task, TaskConfig, batched, pad_columns, to_device
 
 
@@ -101,11 +101,8 @@ class ClassificationTask(Task):
         return batch
 
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
-        names = list(self.config.label_names)
-        return load_model(
-            AutoModelForSequenceClassification, model_cfg, num_labels=len(names),
-            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-        )
+        return load_labelled_model(AutoModelForSequenceClassification, model_cfg,
+                                   list(self.config.label_names))
 
     def evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator(self)

@@ -17,7 +17,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from sft.config import ModelConfig
 from sft.errors import ConfigError, DataError
-from sft.modeling import load_model
+from sft.modeling import load_labelled_model
 from sft.tasks.base import IGNORE_INDEX, Evaluator, Task, TaskConfig, batched, pad_columns, to_device
 from sft.tasks.tagging import (
     align_labels,
@@ -139,11 +139,7 @@ class TokenClassificationTask(Task):
         return batch
 
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
-        names = list(self.config.label_names)
-        return load_model(
-            AutoModelForTokenClassification, model_cfg, num_labels=len(names),
-            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-        )
+        return load_labelled_model(AutoModelForTokenClassification, model_cfg, list(self.config.label_names))
 
     def evaluator(self) -> TokenClassificationEvaluator:
         return TokenClassificationEvaluator(self)
