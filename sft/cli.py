@@ -15,9 +15,9 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -26,6 +26,9 @@ from rich.table import Table
 
 from sft.config import CONFIG_DIR, describe, register, set_start_time
 from sft.errors import SftError
+
+if TYPE_CHECKING:
+    from sft.distributed import World
 
 console = Console(stderr=True)
 log = logging.getLogger("sft")
@@ -99,29 +102,31 @@ def _train(args: list[str], config_name: str = "train") -> int:
         "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
         "hydra.job_logging.root.level=WARNING"]
     sys.argv = ["sft train", *rerun.native_args(args), *[q for q in quiet if q not in args]]
-    _failed_jobs.clear()
-    _world[:] = [world]
-    _sweep.clear()
+    jobs = Jobs(world)
+
+    def job(cfg: DictConfig) -> float | None:
+        return _train_job(cfg, jobs)
+
     try:
         hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(
-            _train_job)()
+            job)()
     except TrainingInterrupted as stop:  # checkpoint saved; a sweep stops here too
         distributed.teardown(world)
         if world.is_main:
             console.print(f"[yellow]{stop}[/yellow]", highlight=False, soft_wrap=True)
         return stop.exit_code
     except ValueError as err:  # Optuna has no best trial when every trial failed
-        if not (_sweep and len(_failed_jobs) == _sweep["jobs"]):
+        if not (jobs.sweep_dir and len(jobs.failed) == jobs.count):
             raise
         log.error("%s", err)
     distributed.teardown(world)
-    if not _sweep:
-        if _failed_jobs:
-            raise _failed_jobs[0][1]
+    if not jobs.sweep_dir:
+        if jobs.failed:
+            raise jobs.failed[0][1]
         return 0
     if not world.is_main:  # rank 0 reports
-        return min(len(_failed_jobs), 125)
-    return end_of_sweep(Path(_sweep["dir"]), len(_failed_jobs), _sweep["jobs"])
+        return min(len(jobs.failed), 125)
+    return end_of_sweep(Path(jobs.sweep_dir), len(jobs.failed), jobs.count)
 
 
 def end_of_sweep(sweep_dir: Path, failed: int, jobs: int, title: str = "sweep") -> int:
@@ -134,11 +139,16 @@ def end_of_sweep(sweep_dir: Path, failed: int, jobs: int, title: str = "sweep") 
     return min(failed, 125)
 
 
-# (run dir, error) of each failed job: a failing job is recorded, not raised through Hydra,
-# so a sweep goes on and a single run still ends in one clean line from main()
-_failed_jobs: list[tuple[Path, BaseException]] = []
-_world: list = []  # the distributed World of this process, set by _train
-_sweep: dict[str, Any] = {}  # multirun only: the sweep dir and the number of jobs so far
+@dataclass
+class Jobs:
+    """What the Hydra jobs of one `sft train` share. A failing job is recorded in `failed`
+    as (run dir, error), not raised through Hydra, so a sweep goes on and a single run still
+    ends in one clean line from main()."""
+
+    world: World
+    failed: list[tuple[Path, BaseException]] = field(default_factory=list)
+    sweep_dir: str | None = None  # multirun only
+    count: int = 0  # jobs started so far
 
 
 def quiet_progress_bars() -> None:
@@ -150,7 +160,7 @@ def quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _train_job(cfg: DictConfig) -> float | None:
+def _train_job(cfg: DictConfig, jobs: Jobs) -> float | None:
     """One Hydra job: validate, train, return the best metric (what Optuna optimizes)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -165,18 +175,18 @@ def _train_job(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:
-        _sweep["dir"] = hydra_cfg.sweep.dir
-        _sweep["jobs"] = _sweep.get("jobs", 0) + 1
+        jobs.sweep_dir = hydra_cfg.sweep.dir
+    jobs.count += 1
     start = time.perf_counter()
 
     def record(error: str | None = None) -> None:
-        if _world[0].is_main:  # rank 0 writes the run dir
+        if jobs.world.is_main:  # rank 0 writes the run dir
             write_job_record(run_dir, overrides, time.perf_counter() - start, error)
 
     try:
         run = to_run_config(cfg)
         run = replace(run, run_dir=str(run_dir))
-        metrics = train(run, overrides, console, _world[0])
+        metrics = train(run, overrides, console, jobs.world)
     except Exception as err:
         if os.environ.get("SFT_DEBUG") == "1":
             raise
@@ -187,7 +197,7 @@ def _train_job(cfg: DictConfig) -> float | None:
             record(message)
         if multirun:  # say it now, not only at the end; a single run reports once, from main()
             log.error("job %s failed (%s): %s", hydra_cfg.job.num, " ".join(overrides), message)
-        _failed_jobs.append((run_dir, err))
+        jobs.failed.append((run_dir, err))
         return None
     record()
     return metrics.get("best/value")

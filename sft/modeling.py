@@ -70,14 +70,23 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def load_model(auto_class: Any, cfg: ModelConfig, **config_kwargs: Any) -> PreTrainedModel:
-    """Pretrained weights, or a random init of the same architecture (model.init=random)."""
-    if cfg.init == "random":
-        config = _load("config", cfg, AutoConfig.from_pretrained,
-                       **{**cfg.config_overrides, **config_kwargs})
-        model = auto_class.from_config(config)
-    else:
-        model = _load("model", cfg, auto_class.from_pretrained,
-                      **{**cfg.config_overrides, **config_kwargs})
+    """Pretrained weights, or a random init of the same architecture (model.init=random).
+    `cfg.attn_implementation` must be resolved already (hardware.attention_kernel)."""
+    kernel = {} if cfg.attn_implementation in (None, "auto") else {
+        "attn_implementation": cfg.attn_implementation}
+    try:
+        if cfg.init == "random":
+            config = _load("config", cfg, AutoConfig.from_pretrained,
+                           **{**cfg.config_overrides, **config_kwargs})
+            model = auto_class.from_config(config, **kernel)
+        else:
+            model = _load("model", cfg, auto_class.from_pretrained,
+                          **{**cfg.config_overrides, **config_kwargs}, **kernel)
+    except (ValueError, ImportError) as err:
+        if "attn_implementation" not in str(err) or not kernel:
+            raise
+        raise ModelError(f"model.attn_implementation={cfg.attn_implementation} cannot be used "
+                         "here; use auto, eager or sdpa") from err
     freeze(model, cfg)
     return model
 

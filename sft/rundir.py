@@ -90,17 +90,17 @@ class RunDir:
             f"Fine-tuned `{run.model.name_or_path}` for **{run.task.name}** "
             f"({run.task.type}) with sft.\n\n"
             f"- data: {data}\n- seed: {run.seed}\n"
-            f"- best model: `best/` (transformers `pipeline(\"{_pipeline(run)}\", "
-            f"model=\"best\")`)\n\n"
+            f"- best model: `best/` (transformers: `{_load_best(run)}`; "
+            f"`sft predict {self.path} --input in.jsonl --output out.jsonl`)\n\n"
             f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
             f"## Reproduce\n\n```\n{command}\nsft reproduce {self.path}\n```\n"
         )
 
 
-def _pipeline(run: RunConfig) -> str:
+def _load_best(run: RunConfig) -> str:
     from sft.tasks import task_class
 
-    return task_class(run.task.type).pipeline_tag
+    return task_class(run.task.type).load_best
 
 
 def git_state(cwd: Path) -> dict[str, Any]:

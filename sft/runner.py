@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import DatasetDict
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -16,11 +17,11 @@ from rich.tree import Tree
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft import checkpoint
-from sft.config import RunConfig, to_run_config
+from sft.config import ModelConfig, RunConfig, to_run_config
 from sft.data import featurize, load_splits, local_files, sha256_file, tokenizer_fingerprint
 from sft.distributed import World
 from sft.errors import ConfigError, SftError
-from sft.hardware import apply_threads, describe_device, resolve_device
+from sft.hardware import apply_threads, attention_kernel, describe_device, resolve_device
 from sft.modeling import load_tokenizer, weight_files
 from sft.rerun import config_changes
 from sft.rundir import CONFIG_FILE, METRICS_LOG, RunDir, environment
@@ -41,10 +42,12 @@ class Prepared:
 
 def prepare(run: RunConfig, splits: tuple[str, ...] | None = None,
             raw: DatasetDict | None = None) -> Prepared:
-    """Tokenizer, task plug-in and cached features of the requested splits (all if None);
-    `raw` replaces the task's own splits (cross-validation folds)."""
+    """Tokenizer, task plug-in and cached features of the requested splits (all if None,
+    no data at all if empty); `raw` replaces the task's own splits (cross-validation folds)."""
     tokenizer = load_tokenizer(run.model)
     task = build_task(run.task, tokenizer, run.data)
+    if splits == ():
+        return Prepared(task, tokenizer, DatasetDict())
     raw = load_splits(task, run.data) if raw is None else raw
     if splits is not None:
         missing = [s for s in splits if s not in raw]
@@ -54,6 +57,13 @@ def prepare(run: RunConfig, splits: tuple[str, ...] | None = None,
         raw = DatasetDict({s: raw[s] for s in splits})
     features = featurize(task, raw, tokenizer_fingerprint(tokenizer), run.data)
     return Prepared(task, tokenizer, features)
+
+
+def loadable(run: RunConfig, device: torch.device) -> ModelConfig:
+    """run.model with `auto` settings resolved for this device and data (the saved config
+    keeps `auto`, so a rerun elsewhere resolves them afresh)."""
+    kernel = attention_kernel(run.model.attn_implementation, device, run.data.max_length)
+    return replace(run.model, attn_implementation=kernel)
 
 
 def fingerprints(run: RunConfig, task: Task) -> tuple[dict[str, str], dict[str, str]]:
@@ -74,10 +84,10 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     start = resume_point(run, run_dir)
     seed_everything(run.seed, run.trainer.deterministic)
     prepared = prepare(run, raw=raw)
-    model = prepared.task.build_model(run.model)
+    device = resolve_device(run.hardware, world.local_rank)
+    model = prepared.task.build_model(loadable(run, device))
     if world.is_main:
         (console or Console(stderr=True)).print(config_tree(run))
-    device = resolve_device(run.hardware, world.local_rank)
     env = environment(run, describe_device(device), overrides or [],
                       *fingerprints(run, prepared.task))
     if run.resume:
@@ -85,8 +95,8 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     run_dir.write_config(replace(run, resume=None))
     run_dir.write_json("env.json", env)
     sizes = ", ".join(f"{s} {len(d)}" for s, d in prepared.features.items())
-    log.info("run dir %s | %s on %s | %s", run_dir.path, run.model.name,
-             describe_device(device), sizes)
+    log.info("run dir %s | %s (%s attention) on %s | %s", run_dir.path, run.model.name,
+             model.config._attn_implementation, describe_device(device), sizes)
     trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features, run_dir,
                       console, world)
     if start is not None:
@@ -167,11 +177,8 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
     run = replace(run, model=replace(run.model, name_or_path=str(best), init="pretrained",
                                      config_overrides={}, freeze_layers=0,
                                      freeze_embeddings=False, gguf_file=None))
-    if splits == ():
-        tokenizer = load_tokenizer(run.model)
-        prepared = Prepared(build_task(run.task, tokenizer, run.data), tokenizer, DatasetDict())
-    else:
-        prepared = prepare(run, splits)
-    model = prepared.task.build_model(run.model)
+    prepared = prepare(run, splits)
+    device = resolve_device(run.hardware)
+    model = prepared.task.build_model(loadable(run, device))
     model.eval()
-    return run, prepared, model.to(resolve_device(run.hardware))
+    return run, prepared, model.to(device)

@@ -133,6 +133,8 @@ def test_qa_run_dir_is_complete(qa_run: Path) -> None:
     assert final["best/metric"] == "validation/f1"
     assert 0.0 <= final["validation/exact_match"] <= final["validation/f1"] <= 100.0
     assert "validation/loss" in final
+    # the model card tells how to load best/ with what transformers 5 has
+    assert 'AutoModelForQuestionAnswering.from_pretrained("best")' in (qa_run / "README.md").read_text()
 
 
 def test_qa_predict_raw_records_and_pipeline(qa_run: Path, tmp_path: Path) -> None:

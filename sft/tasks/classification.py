@@ -52,7 +52,7 @@ class ClassificationEvaluator(Evaluator):
 
 class ClassificationTask(Task):
     config_class = ClassificationConfig
-    pipeline_tag = "text-classification"
+    load_best = 'pipeline("text-classification", model="best")'
     config: ClassificationConfig
 
     def _text_columns(self) -> list[str]:

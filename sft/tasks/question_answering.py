@@ -90,7 +90,8 @@ class QuestionAnsweringEvaluator(Evaluator):
 
 class QuestionAnsweringTask(Task):
     config_class = QuestionAnsweringConfig
-    pipeline_tag = "question-answering"
+    # transformers 5 has no pipeline("question-answering")
+    load_best = 'AutoModelForQuestionAnswering.from_pretrained("best")'
     config: QuestionAnsweringConfig
 
     def __init__(self, config: QuestionAnsweringConfig, tokenizer: Any, data: DataConfig):

@@ -84,7 +84,8 @@ class TokenClassificationEvaluator(Evaluator):
 
 class TokenClassificationTask(Task):
     config_class = TokenClassificationConfig
-    pipeline_tag = "token-classification"
+    load_best = ('pipeline("token-classification", model="best", '
+                 'aggregation_strategy="simple")')
     config: TokenClassificationConfig
 
     def read_file(self, path: Path, split: str) -> Dataset | None:
