@@ -48,7 +48,7 @@ TRAIN_CASES: dict[str, dict[str, Any]] = {
 # each of sft's speed features switched off (or on, for compile) alone, fp32
 ABLATIONS: dict[str, list[str]] = {
     "sft fp32 -group_by_length": ["trainer.group_by_length=false"],
-    "sft fp32 SDPA attention": ["model.attn_implementation=sdpa"],
+    "sft fp32 eager attention": ["model.attn_implementation=eager"],
     "sft fp32 -fused AdamW": ["optimizer.fused=false"],
     "sft fp32 foreach AdamW": ["optimizer.fused=false", "optimizer.foreach=true"],
     "sft fp32 pad_to_multiple_of=8": ["trainer.pad_to_multiple_of=8"],

@@ -38,17 +38,6 @@ def resolve_device(cfg: HardwareConfig, local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
 
 
-def attention_kernel(requested: str, device: torch.device, max_length: int) -> str | None:
-    """The `attn_implementation` to load the model with (None: transformers' default).
-
-    `auto` picks eager attention on CPU for sequences of up to 128 tokens: there, SDPA's CPU
-    path (with a padding mask and attention dropout) measured 10-13% slower per training step
-    on MiniLM; from ~160 tokens on SDPA is faster (6% at 160, 19% at 384)."""
-    if requested != "auto":
-        return requested
-    return "eager" if device.type == "cpu" and max_length <= 128 else None
-
-
 def autocast_dtype(cfg: HardwareConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. `auto` picks bf16 on GPUs that have it."""
     if cfg.precision == "auto":

@@ -70,9 +70,8 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def load_model(auto_class: Any, cfg: ModelConfig, **config_kwargs: Any) -> PreTrainedModel:
-    """Pretrained weights, or a random init of the same architecture (model.init=random).
-    `cfg.attn_implementation` must be resolved already (hardware.attention_kernel)."""
-    kernel = {} if cfg.attn_implementation in (None, "auto") else {
+    """Pretrained weights, or a random init of the same architecture (model.init=random)."""
+    kernel = {} if cfg.attn_implementation is None else {
         "attn_implementation": cfg.attn_implementation}
     try:
         if cfg.init == "random":
@@ -86,7 +85,7 @@ def load_model(auto_class: Any, cfg: ModelConfig, **config_kwargs: Any) -> PreTr
         if "attn_implementation" not in str(err) or not kernel:
             raise
         raise ModelError(f"model.attn_implementation={cfg.attn_implementation} cannot be used "
-                         "here; use auto, eager or sdpa") from err
+                         "here; use null (transformers' default), eager or sdpa") from err
     freeze(model, cfg)
     return model
 

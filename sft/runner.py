@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import DatasetDict
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -17,11 +16,11 @@ from rich.tree import Tree
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft import checkpoint
-from sft.config import ModelConfig, RunConfig, to_run_config
+from sft.config import RunConfig, to_run_config
 from sft.data import featurize, load_splits, local_files, sha256_file, tokenizer_fingerprint
 from sft.distributed import World
 from sft.errors import ConfigError, SftError
-from sft.hardware import apply_threads, attention_kernel, describe_device, resolve_device
+from sft.hardware import apply_threads, describe_device, resolve_device
 from sft.modeling import load_tokenizer, weight_files
 from sft.rerun import config_changes
 from sft.rundir import CONFIG_FILE, METRICS_LOG, RunDir, environment
@@ -59,13 +58,6 @@ def prepare(run: RunConfig, splits: tuple[str, ...] | None = None,
     return Prepared(task, tokenizer, features)
 
 
-def loadable(run: RunConfig, device: torch.device) -> ModelConfig:
-    """run.model with `auto` settings resolved for this device and data (the saved config
-    keeps `auto`, so a rerun elsewhere resolves them afresh)."""
-    kernel = attention_kernel(run.model.attn_implementation, device, run.data.max_length)
-    return replace(run.model, attn_implementation=kernel)
-
-
 def fingerprints(run: RunConfig, task: Task) -> tuple[dict[str, str], dict[str, str]]:
     """sha256 of the local data files (per split) and of the base model's weight files."""
     data = ({split: sha256_file(path) for split, path in local_files(task, run.data).items()}
@@ -85,7 +77,7 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     seed_everything(run.seed, run.trainer.deterministic)
     prepared = prepare(run, raw=raw)
     device = resolve_device(run.hardware, world.local_rank)
-    model = prepared.task.build_model(loadable(run, device))
+    model = prepared.task.build_model(run.model)
     if world.is_main:
         (console or Console(stderr=True)).print(config_tree(run))
     env = environment(run, describe_device(device), overrides or [],
@@ -179,6 +171,6 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
                                      freeze_embeddings=False, gguf_file=None))
     prepared = prepare(run, splits)
     device = resolve_device(run.hardware)
-    model = prepared.task.build_model(loadable(run, device))
+    model = prepared.task.build_model(run.model)
     model.eval()
     return run, prepared, model.to(device)
