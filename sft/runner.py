@@ -76,10 +76,10 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     start = resume_point(run, run_dir)
     seed_everything(run.seed, run.trainer.deterministic)
     prepared = prepare(run, raw=raw)
-    device = resolve_device(run.hardware, world.local_rank)
     model = prepared.task.build_model(run.model)
     if world.is_main:
         (console or Console(stderr=True)).print(config_tree(run))
+    device = resolve_device(run.hardware, world.local_rank)
     env = environment(run, describe_device(device), overrides or [],
                       *fingerprints(run, prepared.task))
     if run.resume:
@@ -170,7 +170,6 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
                                      config_overrides={}, freeze_layers=0,
                                      freeze_embeddings=False, gguf_file=None))
     prepared = prepare(run, splits)
-    device = resolve_device(run.hardware)
     model = prepared.task.build_model(run.model)
     model.eval()
-    return run, prepared, model.to(device)
+    return run, prepared, model.to(resolve_device(run.hardware))

@@ -20,7 +20,7 @@ from sft.config import DataConfig, ModelConfig
 from sft.errors import ConfigError, DataError
 from sft.modeling import load_model
 from sft.tasks.base import Evaluator, Task, TaskConfig, batched, pad_columns, to_device
-from sft.tasks.spans import best_span, window_positions
+from sft.tasks.spans import Span, best_span, higher, window_positions
 from sft.tasks.squad import SquadScorer, read_squad, split_articles
 
 PASS_THROUGH = ("window", "context_start", "offsets", "context", "references")
@@ -60,7 +60,7 @@ class QuestionAnsweringEvaluator(Evaluator):
         self.scorer = SquadScorer()
         self.context: str | None = None
         self.references: list[str] = []
-        self.best: tuple[float, int, int] | None = None
+        self.best: Span | None = None
 
     def _finish(self) -> None:
         """Score the example whose windows are all seen."""
@@ -80,8 +80,7 @@ class QuestionAnsweringEvaluator(Evaluator):
                 self.context, self.references = batch["context"][i], batch["references"][i]
             span = best_span(starts[i], ends[i], batch["context_start"][i], batch["offsets"][i],
                              c.n_best, c.max_answer_length)
-            if span is not None and (self.best is None or span[0] > self.best[0]):
-                self.best = span
+            self.best = higher(span, self.best)
 
     def metrics(self) -> dict[str, float]:
         self._finish()
@@ -188,7 +187,7 @@ class QuestionAnsweringTask(Task):
         for chunk in batched(records, batch_size):
             contexts = [r[c.context_column] for r in chunk]
             feats = self.windows([r[c.question_column] for r in chunk], contexts, None)
-            best: list[tuple[float, int, int] | None] = [None] * len(chunk)
+            best: list[Span | None] = [None] * len(chunk)
             for rows in batched(list(range(len(feats["example"]))), batch_size):
                 batch = self.collate({k: [v[i] for i in rows] for k, v in feats.items()}, None)
                 out = self.forward(model, to_device(batch, model.device))
@@ -199,8 +198,7 @@ class QuestionAnsweringTask(Task):
                     span = best_span(logp[0], logp[1], 0, feats["offsets"][i], c.n_best,
                                      c.max_answer_length)
                     ex = feats["example"][i]
-                    if span is not None and (best[ex] is None or span[0] > best[ex][0]):
-                        best[ex] = span
+                    best[ex] = higher(span, best[ex])
             for context, span in zip(contexts, best, strict=True):
                 score, s, e = span if span else (float("-inf"), 0, 0)
                 results.append({"answer": context[s:e], "score": float(torch.tensor(score).exp()),

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+Span = tuple[float, int, int]  # (score, start_char, end_char)
+
 
 def window_positions(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[int | None],
                      answer_start: int | None, answer_text: str | None) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def window_positions(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[in
 
 def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, context_start: int,
               offsets: Sequence[Sequence[int]], n_best: int,
-              max_answer_length: int) -> tuple[float, int, int] | None:
+              max_answer_length: int) -> Span | None:
     """(score, start_char, end_char) of the best valid span of one window: among the
     n_best start and n_best end tokens inside the context, end >= start and at most
     max_answer_length tokens; score = start logit + end logit. None if no span is valid."""
@@ -44,7 +46,7 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, context_star
     ends = end_logits[context_start : context_start + n].float()
     top_starts = starts.topk(min(n_best, n)).indices.tolist()
     top_ends = ends.topk(min(n_best, n)).indices.tolist()
-    best: tuple[float, int, int] | None = None
+    best: Span | None = None
     for s in top_starts:
         for e in top_ends:
             if e < s or e - s + 1 > max_answer_length:
@@ -53,3 +55,11 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, context_star
             if best is None or score > best[0]:
                 best = (score, offsets[s][0], offsets[e][1])
     return best
+
+
+def higher(span: Span | None, best: Span | None) -> Span | None:
+    """The better of a window's span and an example's best so far (a tie keeps the
+    earlier window's)."""
+    if span is None or (best is not None and span[0] <= best[0]):
+        return best
+    return span
