@@ -1,5 +1,6 @@
 """Correctness of the speed features: length-grouped sampler, lengths, padding, fused AdamW,
-threads, a bf16 run, and the tokenization cache hit on a second launch (never timings)."""
+threads, the allocator setting, the [CLS]-only last layer, a bf16 run, and the tokenization
+cache hit on a second launch (never timings)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pytest
 import torch
 from datasets import Dataset
 
+from sft.cls_only import restrict_last_layer_to_cls
 from sft.config import HardwareConfig, ModelConfig, package_path
 from sft.data import sequence_lengths
-from sft.hardware import apply_threads, pad_multiple
+from sft.hardware import apply_host, pad_multiple
 from sft.modeling import load_model
 from sft.optim import build_optimizer
 from sft.sampling import epoch_batches
@@ -77,7 +79,7 @@ def test_fused_adamw_and_threads_come_from_config() -> None:
     assert not torch.equal(before, model[0].weight)
     threads = torch.get_num_threads()
     try:
-        apply_threads(HardwareConfig(num_threads=1))
+        apply_host(HardwareConfig(num_threads=1))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -99,6 +101,65 @@ def test_attention_kernel_comes_from_config_and_keeps_the_math() -> None:
         assert model.config._attn_implementation == kernel
         logits[kernel] = model(**batch).logits
     torch.testing.assert_close(logits["eager"], logits["sdpa"])
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+@pytest.mark.parametrize("kernel", ["eager", "sdpa"])
+def test_cls_only_last_layer_gives_the_same_logits_and_gradients(model_type: str,
+                                                                 kernel: str) -> None:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(model_type, vocab_size=120, hidden_size=32,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, num_labels=3)
+    batch = {"input_ids": torch.randint(5, 120, (3, 9)),
+             "attention_mask": torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7]),
+             "labels": torch.tensor([0, 2, 1])}
+    models = []
+    for restrict in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(
+            config, attn_implementation=kernel).eval()  # eval: no dropout, so exact equality
+        assert restrict_last_layer_to_cls(model) if restrict else True
+        model(**batch).loss.backward()
+        models.append(model)
+    full, cls_only = models
+    torch.testing.assert_close(full(**batch).logits, cls_only(**batch).logits)
+    for (name, a), b in zip(full.named_parameters(), cls_only.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    assert full.state_dict().keys() == cls_only.state_dict().keys()
+
+
+def test_cls_only_last_layer_leaves_other_architectures_alone() -> None:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model("distilbert", vocab_size=120, dim=32, n_layers=2, n_heads=4,
+                                  hidden_dim=64)
+    model = AutoModelForSequenceClassification.from_config(config)
+    forward = model.distilbert.transformer.layer[-1].forward
+    assert not restrict_last_layer_to_cls(model)
+    assert model.distilbert.transformer.layer[-1].forward == forward
+
+
+def test_keep_freed_memory_serves_big_blocks_from_the_heap() -> None:
+    """glibc's count of mmapped blocks stays flat across a 64 MB tensor once tuned (run in a
+    fresh process: the setting is process-wide)."""
+    probe = (
+        "import ctypes, torch\n"
+        "from sft.hardware import keep_freed_memory\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks hblkhd "
+        "usmblks fsmblks uordblks fordblks keepcost'.split()]\n"
+        "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info\n"
+        "def mmapped_with_big_tensor():\n"
+        "    x = torch.ones(2**24); n = libc.mallinfo2().hblks; del x; return n\n"
+        "before = mmapped_with_big_tensor() - libc.mallinfo2().hblks\n"
+        "assert keep_freed_memory()\n"
+        "print(before, mmapped_with_big_tensor() - libc.mallinfo2().hblks)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout.split()
+    assert out == ["1", "0"]
 
 
 def test_bf16_run_trains(tmp_path: Path, data_dir: Path, cache_dir: Path) -> None:

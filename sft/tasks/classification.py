@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,10 +10,13 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from sft.cls_only import restrict_last_layer_to_cls
 from sft.config import ModelConfig
 from sft.errors import ConfigError, DataError
 from sft.modeling import load_labelled_model
 from sft.tasks.base import Evaluator, Task, TaskConfig, batched, pad_columns, to_device
+
+log = logging.getLogger("sft")
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class ClassificationConfig(TaskConfig):
     text_pair_column: str | None = None
     label_column: str = "label"
     label_names: list[str] = field(default_factory=list)
+    # the head reads only the first token, so the last layer computes only that token
+    # (same outputs and gradients, less compute; BERT-style models, see sft.cls_only)
+    cls_only_last_layer: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -101,8 +108,12 @@ class ClassificationTask(Task):
         return batch
 
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
-        return load_labelled_model(AutoModelForSequenceClassification, model_cfg,
-                                   list(self.config.label_names))
+        model = load_labelled_model(AutoModelForSequenceClassification, model_cfg,
+                                    list(self.config.label_names))
+        if self.config.cls_only_last_layer and not restrict_last_layer_to_cls(model):
+            log.info("task.cls_only_last_layer: not supported for model type %s; computing "
+                     "every token", model.config.model_type)
+        return model
 
     def evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator(self)
