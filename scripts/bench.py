@@ -50,7 +50,6 @@ ABLATIONS: dict[str, list[str]] = {
     "sft fp32 -group_by_length": ["trainer.group_by_length=false"],
     "sft fp32 eager attention": ["model.attn_implementation=eager"],
     "sft fp32 -cls_only_last_layer": ["task.cls_only_last_layer=false"],
-    "sft fp32 -keep_freed_memory": ["hardware.keep_freed_memory=false"],
     "sft fp32 -fused AdamW": ["optimizer.fused=false"],
     "sft fp32 foreach AdamW": ["optimizer.fused=false", "optimizer.foreach=true"],
     "sft fp32 pad_to_multiple_of=8": ["trainer.pad_to_multiple_of=8"],

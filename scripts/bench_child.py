@@ -206,12 +206,12 @@ def run_evalmem(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from datasets import concatenate_datasets
 
-    from sft.hardware import apply_host, autocast_dtype, resolve_device
+    from sft.hardware import apply_threads, autocast_dtype, resolve_device
     from sft.runner import prepare
     from sft.trainer import evaluate
 
     run = compose_run(spec)
-    apply_host(run.hardware)
+    apply_threads(run.hardware)
     prepared = prepare(run, ("validation",))
     device = resolve_device(run.hardware)
     model = prepared.task.build_model(run.model).to(device)
@@ -240,13 +240,13 @@ def run_evalmem(spec: dict[str, Any]) -> dict[str, Any]:
 def run_startup(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds from 'model loaded' to the first training batch: tokenizer, data (cached
     features on a second launch), lengths, optimizer, first batch."""
-    from sft.hardware import apply_host
+    from sft.hardware import apply_threads
     from sft.rundir import RunDir
     from sft.runner import prepare
     from sft.trainer import Trainer
 
     run = compose_run(spec)
-    apply_host(run.hardware)
+    apply_threads(run.hardware)
     start = time.perf_counter()
     prepared = prepare(run)
     data_s = time.perf_counter() - start

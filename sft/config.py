@@ -79,8 +79,6 @@ class HardwareConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that has it)
     compile: bool = False
     num_threads: int | None = None  # torch CPU threads; null: torch's default (physical cores)
-    # keep freed host memory for reuse instead of page-faulting big blocks in again each step
-    keep_freed_memory: bool = True
 
 
 @dataclass(frozen=True)

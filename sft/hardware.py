@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 from collections.abc import Iterator
 
@@ -16,28 +15,11 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("sft")
 
 
-def apply_host(cfg: HardwareConfig) -> None:
+def apply_threads(cfg: HardwareConfig) -> None:
     """`hardware.num_threads` sets torch's intra-op CPU threads (null: torch's default, one
-    per physical core; more threads than cores only adds contention), and
-    `hardware.keep_freed_memory` tunes the C allocator."""
+    per physical core); more threads than cores only adds contention."""
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    if cfg.keep_freed_memory:
-        keep_freed_memory()
-
-
-def keep_freed_memory() -> bool:
-    """Serve big blocks from glibc's heap and never trim it. By default glibc mmaps blocks
-    over 32 MB and unmaps them on free, so a tensor allocated afresh every step (MiniLM's
-    47 MB word-embedding gradient) page-faults in again each time: ~20 ms a step on CPU.
-    Returns False where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def cpu_has_bf16() -> bool:

@@ -20,7 +20,7 @@ from sft.config import RunConfig, to_run_config
 from sft.data import featurize, load_splits, local_files, sha256_file, tokenizer_fingerprint
 from sft.distributed import World
 from sft.errors import ConfigError, SftError
-from sft.hardware import apply_host, describe_device, resolve_device
+from sft.hardware import apply_threads, describe_device, resolve_device
 from sft.modeling import load_tokenizer, weight_files
 from sft.rerun import config_changes
 from sft.rundir import CONFIG_FILE, METRICS_LOG, RunDir, environment
@@ -71,7 +71,7 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     With `run.resume` (the run dir itself), continue from its newest valid checkpoint;
     `raw` replaces the task's own splits (cross-validation folds)."""
     world = world or World()
-    apply_host(run.hardware)
+    apply_threads(run.hardware)
     run_dir = RunDir(run.run_dir, is_main=world.is_main)
     start = resume_point(run, run_dir)
     seed_everything(run.seed, run.trainer.deterministic)
@@ -162,7 +162,7 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
                                                                PreTrainedModel]:
     """The run's config, prepared task/data and its best model, ready to evaluate."""
     run = load_run_config(run_dir, overrides)
-    apply_host(run.hardware)
+    apply_threads(run.hardware)
     best = Path(run_dir) / "best"
     if not best.is_dir():
         raise SftError(f"{best} not found; the run has not finished an evaluation yet")
