@@ -47,6 +47,7 @@ def main() -> int:
     chunks = [order[i:i + 32] for i in range(0, len(order), 32)]
     torch.manual_seed(0)
     chunks = [chunks[i] for i in torch.randperm(len(chunks)).tolist()]
+    chunks = chunks[: (args.rounds + 1) * args.steps]  # round 0 warms up
     batches = []
     for chunk in chunks:
         enc = tokenizer([sentences[i] for i in chunk], padding=True, truncation=True,

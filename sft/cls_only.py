@@ -3,7 +3,7 @@
 BERT-style classification heads read nothing but position 0 of the last layer, yet the layer
 computes every token: queries, attention output, feed-forward, dropout. Here the last layer
 still attends over all tokens (keys and values as before) but with the first token's query
-alone, so the head gets the same value and the same gradients for ~1/6 less encoder compute
+alone, so the head gets the same value and the same gradients for ~1/7 less encoder compute
 on a 6-layer model. The weights and their names are untouched: `best/` loads and runs as any
 transformers model.
 """
@@ -43,7 +43,7 @@ def _first_token_forward(layer: nn.Module, hidden_states: torch.Tensor,
     if attention_mask is not None and attention_mask.dim() != 4:  # e.g. flash attention's 2-D
         return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
     attn = layer.attention.self
-    batch, length, _ = hidden_states.shape
+    batch = hidden_states.shape[0]
     first = hidden_states[:, :1]
 
     def heads(x: torch.Tensor) -> torch.Tensor:

@@ -52,14 +52,13 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, context_star
             if e < s or e - s + 1 > max_answer_length:
                 continue
             score = float(starts[s] + ends[e])
-            if best is None or score > best[0]:
-                best = (score, offsets[s][0], offsets[e][1])
+            best = higher((score, offsets[s][0], offsets[e][1]), best)
     return best
 
 
 def higher(span: Span | None, best: Span | None) -> Span | None:
-    """The better of a window's span and an example's best so far (a tie keeps the
-    earlier window's)."""
+    """The higher-scoring of a candidate span and the best so far (a tie keeps the best so
+    far: the earlier candidate or window)."""
     if span is None or (best is not None and span[0] <= best[0]):
         return best
     return span

@@ -76,7 +76,7 @@ def document_context(sentences: Sequence[Sequence[str]], documents: Sequence[int
         while len(after) < size and j < len(sentences) and documents[j] == documents[i]:
             after = [*after, *sentences[j]]
             j += 1
-        left.append(before[max(0, len(before) - size):] if size else [])
+        left.append(before[max(0, len(before) - size):])
         right.append(after[:size])
     return left, right
 
