@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields, is_dataclass
+from typing import Any
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sft.config import CONFIG_DIR, RunConfig, register, to_run_config
 from sft.errors import ConfigError
 
 GROUPS = ["model", "task", "optimizer", "scheduler", "hardware"]
+DEFAULTS = {"model": "minilm", "task": "sentiment", "optimizer": "adamw", "scheduler": "linear",
+            "hardware": "auto"}  # configs/train.yaml
 
 
 def compose_run(*overrides: str) -> RunConfig:
@@ -23,10 +29,36 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every non-dict value of a nested dict, keyed by its dotted path."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}.{key}").items()}
+
+
+def as_dict(run: RunConfig) -> dict[str, Any]:
+    return {f.name: asdict(v) if is_dataclass(v) else v
+            for f in fields(run) for v in [getattr(run, f.name)]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(group: str, option: str) -> None:
+    """Every value the option's YAML file sets (interpolations resolved) is in the RunConfig,
+    and every option but the default changes the run."""
     run = compose_run(f"{group}={option}")
-    assert run.task.name and run.model.name_or_path and run.optimizer["_target_"]
+    path = CONFIG_DIR / group / f"{option}.yaml"
+    own = OmegaConf.load(path)
+    own.pop("defaults", None)
+    if not path.read_text().startswith("# @package _global_"):
+        own = OmegaConf.create({group: own})
+    # resolve ${...} inside the composed config, where the option's interpolations point
+    composed = as_dict(run)
+    wanted = leaves(OmegaConf.to_container(OmegaConf.merge(composed, own), resolve=True))
+    keys = leaves(OmegaConf.to_container(own))
+    assert keys, f"{path} sets nothing"
+    for key in keys:
+        assert leaves(composed)[key] == wanted[key], f"{path}: {key}"
+    assert (run == compose_run()) == (option == DEFAULTS[group])
 
 
 def test_issue_names_override() -> None:

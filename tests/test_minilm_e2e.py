@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from transformers import pipeline
 
 from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.real_model, pytest.mark.slow, pytest.mark.timeout(900)]  # CPU: minutes
 
 
 def test_minilm_learns_sentiment(tmp_path: Path, data_dir: Path, cache_dir: Path) -> None:

@@ -148,7 +148,8 @@ def test_ner_run_dir_is_complete(ner_run: Path) -> None:
     for split in ("validation", "test"):
         for key in ("f1", "precision", "recall", "accuracy", "f1_PER", "loss"):
             assert f"{split}/{key}" in final
-        assert 0.0 <= final[f"{split}/f1"] <= 1.0
+    # 4 steps learn nothing measurable: that NER learns is asserted in test_learning.py
+    # (a tiny model overfits 32 sentences to entity f1 >= 0.9; an all-O tagger scores 0)
     assert final["best/metric"] == "validation/f1"
     assert AutoConfig.from_pretrained(ner_run / "best").id2label[1] == "B-PER"
 

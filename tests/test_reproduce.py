@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from pathlib import Path
 
-from conftest import REPO, results, run_cli
+import pytest
+import torch
+from conftest import REPO, read_jsonl, results, run_cli
+from safetensors.torch import load_file
 
 from sft import reproduce
 
 
+@pytest.mark.slow
 def test_env_json_records_everything_needed_to_rerun(short_run, data_dir):
     env = json.loads((short_run / "env.json").read_text())
     assert env["command"].startswith("sft train ") and f"run_dir={short_run}" in env["command"]
@@ -24,8 +30,24 @@ def test_env_json_records_everything_needed_to_rerun(short_run, data_dir):
     assert set(env["model_files"]) == {"config.json"}  # model.init=random: the architecture
 
 
+def assert_trained_here(run_dir: Path, since: float) -> None:
+    """run_dir holds a run trained after `since`, not files copied from another run."""
+    final_step = json.loads((run_dir / "metrics.json").read_text())["train/steps"]
+    for written in (run_dir / "checkpoints" / f"step-{final_step}" / "model.safetensors",
+                    run_dir / "best" / "model.safetensors", run_dir / "metrics.jsonl"):
+        assert written.stat().st_mtime >= since - 1, written  # 1 s: coarse file-system clocks
+    log = (run_dir / "train.log").read_text()
+    assert f"run dir {run_dir} " in log and f"step {final_step} validation" in log
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "best" / "model.safetensors")
+
+
+@pytest.mark.slow
 def test_reproduce_a_finished_run_matches_exactly(short_run, tmp_path):
     target = tmp_path / "again"
+    started = time.time()
     result = run_cli("reproduce", str(short_run), f"run_dir={target}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reproduced" in result.stderr and "MISMATCH" not in result.stderr
@@ -33,8 +55,18 @@ def test_reproduce_a_finished_run_matches_exactly(short_run, tmp_path):
     # two runs with the same config and seed: identical metrics files (timings aside)
     assert results(target) == results(short_run)
     assert json.loads((target / "reproduction.json").read_text())["match"] is True
+    # ... because it trained again, not because it copied the old run's files
+    assert_trained_here(target, started)
+    command = json.loads((target / "env.json").read_text())["command"]
+    assert command.startswith(f"sft reproduce {short_run} "), command
+    speeds = [[r["samples_per_s"] for r in read_jsonl(d / "metrics.jsonl") if r["split"] == "train"]
+              for d in (short_run, target)]
+    assert speeds[0] != speeds[1]  # wall-clock timings of a real second run differ
+    old, new = weights(short_run), weights(target)
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
 
 
+@pytest.mark.slow
 def test_reproduce_exits_1_when_a_result_was_tampered_with(short_run, tmp_path):
     copy = tmp_path / "tampered"
     shutil.copytree(short_run, copy, ignore=shutil.ignore_patterns("checkpoints", "best"))
@@ -54,12 +86,14 @@ def test_reproduce_exits_1_when_a_result_was_tampered_with(short_run, tmp_path):
     assert "mismatch in 1 of" in result.stderr and "validation/accuracy" in result.stderr
 
 
+@pytest.mark.slow
 def test_hydra_native_rerun_from_saved_config(short_run, tmp_path):
+    started = time.time()
     result = run_cli("train", "--config-path", str(short_run / ".hydra"), "--config-name",
                      "config", cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs" / "sentiment" / "tiny-bert").iterdir()  # a new run dir
-    assert (run_dir / "train.log").is_file()
+    assert_trained_here(run_dir, started)
     assert results(run_dir) == results(short_run)
 
 

@@ -4,6 +4,7 @@ never interrupted (CPU, tiny-bert); checkpoint integrity (manifest, pruning, bes
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, results, run_cli, short_args
+from conftest import REPO, SHORT, read_jsonl, results, run_cli, short_args
 
 from sft import checkpoint
 
@@ -41,18 +42,42 @@ def resume(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return result
 
 
+FINAL_STEP = int(next(a.split("=")[1] for a in SHORT if a.startswith("trainer.max_steps=")))
+
+
+def assert_stopped_mid_run(run_dir: Path) -> set[str]:
+    """After the process died: the run had not finished (no metrics.json, no final checkpoint,
+    no final log line), so the resume that follows really has steps left to do. Returns the
+    names in checkpoints/ as the kill left them."""
+    names = set(os.listdir(run_dir / "checkpoints"))
+    assert not (run_dir / "metrics.json").exists()
+    assert not {f"step-{FINAL_STEP}", f".tmp-step-{FINAL_STEP}"} & names, names
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert logged and max(logged) < FINAL_STEP, logged
+    return names
+
+
+def resumed_step(stderr: str) -> int:
+    found = re.search(rf"resumed from \S+ \(step (\d+) of {FINAL_STEP}\)", stderr)
+    assert found, stderr[-2000:]
+    return int(found[1])
+
+
+@pytest.mark.slow
 def test_sigkill_mid_training_resumes_to_the_same_metrics(short_run, data_dir, cache_dir,
                                                           tmp_path):
     run_dir = tmp_path / "run"
     proc = start([*short_args(data_dir, cache_dir), f"run_dir={run_dir}"])
     signal_when(proc, run_dir / "checkpoints", lambda names: "step-6" in names, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    resume(run_dir)
+    left = assert_stopped_mid_run(run_dir)
+    assert f"step-{resumed_step(resume(run_dir).stderr)}" in left  # not retrained from scratch
     assert results(run_dir) == results(short_run)  # every logged loss, lr, eval, final metric
     steps = [(r["split"], r["step"]) for r in results(run_dir)[0]]
     assert len(steps) == len(set(steps))  # appended without duplicates
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_and_corrupt_newest(short_run, data_dir, cache_dir,
                                                             tmp_path):
     run_dir = tmp_path / "run"
@@ -60,6 +85,8 @@ def test_sigkill_during_checkpoint_write_and_corrupt_newest(short_run, data_dir,
     proc = start([*short_args(data_dir, cache_dir), f"run_dir={run_dir}"])
     seen = signal_when(proc, checkpoints, lambda names: ".tmp-step-9" in names, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL and ".tmp-step-9" in seen
+    left = assert_stopped_mid_run(checkpoints.parent)
+    assert ".tmp-step-9" in left and "step-9" not in left  # killed inside the write
     # also corrupt the newest complete checkpoint: one flipped byte in its weights
     newest = checkpoint.list_checkpoints(checkpoints)[-1]
     weights = newest / "model.safetensors"
@@ -67,12 +94,14 @@ def test_sigkill_during_checkpoint_write_and_corrupt_newest(short_run, data_dir,
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     result = resume(run_dir)
+    assert resumed_step(result.stderr) < checkpoint.step_of(newest)  # an older, intact one
     assert f"skipping checkpoint {newest}" in result.stderr
     assert "sha256" in result.stderr
     assert results(run_dir) == results(short_run)
     assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_latest_continues(short_run, data_dir,
                                                                 cache_dir, tmp_path):
     # default run dir (runs/<task>/<model>/<time> under the working directory)
@@ -88,7 +117,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_latest_continues(short_run, data_
     assert f"resume with: sft train resume={run_dir}" in stderr
     saved = checkpoint.latest_valid(run_dir / "checkpoints")
     assert saved is not None and checkpoint.step_of(saved) >= 3
-    assert not (run_dir / "metrics.json").exists()
+    assert_stopped_mid_run(run_dir)
     result = run_cli("train", *short_args(data_dir, cache_dir), "resume=latest", cwd=tmp_path,
                      env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -97,6 +126,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_latest_continues(short_run, data_
     assert len(list(root.iterdir())) == 1  # continued in place, no new run dir
 
 
+@pytest.mark.slow
 def test_a_run_dir_holding_a_run_is_refused_without_resume(short_run):
     from sft.errors import ConfigError
     from sft.rundir import RunDir

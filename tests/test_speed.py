@@ -22,7 +22,7 @@ from sft.modeling import load_model
 from sft.optim import build_optimizer
 from sft.sampling import epoch_batches
 from sft.tasks.base import pad_columns
-from tests.conftest import REPO, TINY, read_jsonl, run_cli
+from tests.conftest import REPO, read_jsonl, train_tiny
 
 LENGTHS = [(i * 7919) % 61 + 3 for i in range(1000)]  # ragged, deterministic
 
@@ -142,18 +142,24 @@ def test_cls_only_last_layer_leaves_other_architectures_alone() -> None:
 
 
 def test_bf16_run_trains(tmp_path: Path, data_dir: Path, cache_dir: Path) -> None:
-    run_dir = tmp_path / "bf16"
-    result = run_cli("train", "task=sentiment", *TINY, f"data.dir={data_dir}",
-                     f"data.cache_dir={cache_dir}", "data.max_train_samples=128",
-                     "data.max_eval_samples=64", "trainer.max_steps=6", "trainer.log_steps=2",
-                     "trainer.batch_size=16", "hardware.precision=bf16", "hardware.num_threads=1",
-                     f"run_dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    losses = [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["validation/accuracy"] <= 1.0
-    assert metrics["train/tokens_per_s"] > 0
+    """bf16 autocast really runs: the same seeded run in fp32 and bf16 logs finite losses that
+    are close but not equal (if hardware.precision were ignored they would be identical)."""
+    losses, threads = {}, torch.get_num_threads()
+    try:
+        for precision in ("fp32", "bf16"):
+            run_dir = train_tiny(tmp_path / precision, data_dir, cache_dir, "task=sentiment",
+                                 "data.max_train_samples=64", "data.max_eval_samples=32",
+                                 "trainer.max_steps=4", "trainer.log_steps=2", "trainer.batch_size=16",
+                                 f"hardware.precision={precision}", "hardware.num_threads=1")
+            losses[precision] = [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")
+                                 if r["split"] == "train"]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses["bf16"]) == 2 and all(math.isfinite(x) for x in losses["bf16"])
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)
+    metrics = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert metrics["train/tokens_per_s"] > 0 and "validation/accuracy" in metrics
 
 
 LAUNCH = """
