@@ -21,6 +21,7 @@ test:
 
 lint:
 	ruff check sft tests scripts
+	lint-imports
 
 bench:
 	$(PY) scripts/bench.py

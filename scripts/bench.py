@@ -60,7 +60,7 @@ ABLATIONS: dict[str, list[str]] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import torch
 
-    from sft.hardware import cpu_has_bf16
+    from sft.parallel.device import cpu_has_bf16
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small version (~3 min on 2 cores)")

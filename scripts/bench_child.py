@@ -49,14 +49,9 @@ def sft_overrides(spec: dict[str, Any]) -> list[str]:
 
 
 def compose_run(spec: dict[str, Any]) -> Any:
-    from hydra import compose, initialize_config_dir
+    from sft.config.compose import compose_run as compose
 
-    from sft.config import CONFIG_DIR, register, to_run_config
-
-    register()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*sft_overrides(spec), "run_dir=unused"])
-    return to_run_config(cfg)
+    return compose([*sft_overrides(spec), "run_dir=unused"])
 
 
 def non_embedding_params(model: Any) -> int:
@@ -87,9 +82,9 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from sft.data import sequence_lengths
-    from sft.runner import prepare
-    from sft.seeding import seed_everything
+    from sft.data.features import sequence_lengths
+    from sft.run.runner import prepare
+    from sft.train.seeding import seed_everything
 
     torch.set_num_threads(spec["threads"])
     run = compose_run(spec)
@@ -206,9 +201,9 @@ def run_evalmem(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from datasets import concatenate_datasets
 
-    from sft.hardware import apply_threads, autocast_dtype, resolve_device
-    from sft.runner import prepare
-    from sft.trainer import evaluate
+    from sft.parallel.device import apply_threads, autocast_dtype, resolve_device
+    from sft.run.runner import prepare
+    from sft.train.evaluation import evaluate
 
     run = compose_run(spec)
     apply_threads(run.hardware)
@@ -240,10 +235,13 @@ def run_evalmem(spec: dict[str, Any]) -> dict[str, Any]:
 def run_startup(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds from 'model loaded' to the first training batch: tokenizer, data (cached
     features on a second launch), lengths, optimizer, first batch."""
-    from sft.hardware import apply_threads
-    from sft.rundir import RunDir
-    from sft.runner import prepare
-    from sft.trainer import Trainer
+    from sft.parallel.device import apply_threads, resolve_device
+    from sft.parallel.strategies import make_strategy
+    from sft.parallel.world import World
+    from sft.run.rundir import RunDir
+    from sft.run.runner import prepare
+    from sft.tracking.sinks import Sinks
+    from sft.train.trainer import Trainer
 
     run = compose_run(spec)
     apply_threads(run.hardware)
@@ -253,8 +251,9 @@ def run_startup(spec: dict[str, Any]) -> dict[str, Any]:
     model = prepared.task.build_model(run.model)
     resumed = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        strategy = make_strategy(World(), resolve_device(run.hardware))
         trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features,
-                          RunDir(tmp))
+                          Path(tmp), Sinks(RunDir(tmp).metrics_log()), strategy)
         next(trainer._micro_batches())
     return {"startup_s": data_s + time.perf_counter() - resumed, "data_s": data_s,
             "non_embedding_params": non_embedding_params(model)}

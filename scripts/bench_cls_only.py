@@ -25,8 +25,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sft.cls_only import restrict_last_layer_to_cls  # noqa: E402
-from sft.config import package_path  # noqa: E402
+from sft.config.resolvers import package_path  # noqa: E402
+from sft.models.cls_only import restrict_last_layer_to_cls  # noqa: E402
 
 
 def main() -> int:

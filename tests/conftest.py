@@ -86,7 +86,7 @@ def short_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, cache_di
 
 def results(run_dir: Path) -> tuple[list[dict], dict]:
     """metrics.jsonl and metrics.json without wall-clock timings (which always differ)."""
-    from sft.rundir import is_timing
+    from sft.run.rundir import is_timing
 
     def strip(record: dict) -> dict:
         return {k: v for k, v in record.items() if not is_timing(k)}

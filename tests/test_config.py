@@ -11,7 +11,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sft.config import CONFIG_DIR, RunConfig, register, to_run_config
+from sft.config.compose import CONFIG_DIR
+from sft.config.resolvers import register
+from sft.config.schema import RunConfig
+from sft.config.validate import to_run_config
 from sft.errors import ConfigError
 
 GROUPS = ["model", "task", "optimizer", "scheduler", "hardware"]

@@ -9,7 +9,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 from sklearn.model_selection import KFold
 
-from sft.cv import fold_indices, fold_splits  # the one place these internals are imported
+from sft.data.folds import fold_indices, fold_splits  # the one place these internals are imported
 from sft.errors import ConfigError
 
 FOLDS = 5

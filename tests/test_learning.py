@@ -16,12 +16,16 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer
 
 # the package internals this file needs, in one place (module paths move in the restructure)
-from sft.config import CONFIG_DIR, DataConfig, package_path, register, to_run_config
-from sft.runner import prepare
+from sft.config.compose import CONFIG_DIR
+from sft.config.resolvers import package_path, register
+from sft.config.schema import DataConfig
+from sft.config.validate import to_run_config
+from sft.config.tasks import TokenClassificationConfig
+from sft.run.runner import prepare
 from sft.tasks import TASKS
 from sft.tasks.base import IGNORE_INDEX
 from sft.tasks.tagging import read_conll
-from sft.tasks.token_classification import TokenClassificationConfig, TokenClassificationTask
+from sft.tasks.token_classification import TokenClassificationTask
 from tests.conftest import train_tiny
 
 N = 32  # examples a tiny model must memorise

@@ -10,17 +10,19 @@ from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, pipeline
 
 from sft.cli import main
-from sft.config import DataConfig, package_path
+from sft.config.resolvers import package_path
+from sft.config.schema import DataConfig
+from sft.config.tasks import TokenClassificationConfig
 from sft.errors import DataError
+from sft.metrics.seqeval import entity_metrics
 from sft.tasks.base import IGNORE_INDEX
 from sft.tasks.tagging import (
     align_labels,
     document_context,
-    entity_metrics,
     group_entities,
     read_conll,
 )
-from sft.tasks.token_classification import TokenClassificationConfig, TokenClassificationTask
+from sft.tasks.token_classification import TokenClassificationTask
 from tests.conftest import TINY, read_jsonl, train_tiny
 
 CONLL = """-DOCSTART- -X- -X- O

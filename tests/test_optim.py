@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from sft.config import ModelConfig
-from sft.modeling import freeze
-from sft.optim import build_optimizer, build_scheduler, param_groups
+from sft.config.schema import ModelConfig
+from sft.models.freezing import freeze
+from sft.train.optim import build_optimizer, build_scheduler, param_groups
 
 LR, TOTAL = 1e-3, 100
 
@@ -35,32 +35,32 @@ def lrs(node: dict, total: int = TOTAL) -> list[float]:
 
 
 def test_linear_warmup_then_linear_decay() -> None:
-    got = lrs({"_target_": "sft.optim.linear_schedule", "warmup": 0.1})
+    got = lrs({"_target_": "sft.train.optim.linear_schedule", "warmup": 0.1})
     want = [LR * (t / 10 if t < 10 else (TOTAL - t) / (TOTAL - 10)) for t in range(TOTAL)]
     assert got == pytest.approx(want, rel=1e-9, abs=1e-15)
     assert max(got) == pytest.approx(LR) and got.index(max(got)) == 10
 
 
 def test_warmup_as_steps_equals_warmup_as_ratio() -> None:
-    steps = lrs({"_target_": "sft.optim.linear_schedule", "warmup": 10})
-    ratio = lrs({"_target_": "sft.optim.linear_schedule", "warmup": 0.1})
+    steps = lrs({"_target_": "sft.train.optim.linear_schedule", "warmup": 10})
+    ratio = lrs({"_target_": "sft.train.optim.linear_schedule", "warmup": 0.1})
     assert steps == ratio
 
 
 def test_cosine_schedule() -> None:
-    got = lrs({"_target_": "sft.optim.cosine_schedule", "warmup": 5})
+    got = lrs({"_target_": "sft.train.optim.cosine_schedule", "warmup": 5})
     want = [LR * (t / 5 if t < 5 else 0.5 * (1 + math.cos(math.pi * (t - 5) / (TOTAL - 5))))
             for t in range(TOTAL)]
     assert got == pytest.approx(want, rel=1e-9, abs=1e-15)
 
 
 def test_exponential_schedule_matches_formula() -> None:
-    got = lrs({"_target_": "sft.optim.exponential_schedule", "decay_rate": 0.5, "decay_steps": 20})
+    got = lrs({"_target_": "sft.train.optim.exponential_schedule", "decay_rate": 0.5, "decay_steps": 20})
     assert got == pytest.approx([LR * 0.5 ** (t / 20) for t in range(TOTAL)], rel=1e-9)
 
 
 def test_constant_schedule() -> None:
-    assert set(lrs({"_target_": "sft.optim.constant_schedule"})) == {LR}
+    assert set(lrs({"_target_": "sft.train.optim.constant_schedule"})) == {LR}
 
 
 def test_no_weight_decay_on_bias_and_layernorm() -> None:

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, read_jsonl, results, run_cli
 from safetensors.torch import load_file
 
-from sft import reproduce
+from sft.run import reproduce
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_env_json_records_everything_needed_to_rerun(short_run, data_dir):
     assert any(line.startswith("torch==") for line in env["pip_freeze"])
     assert set(env["git"]) == {"commit", "dirty"}
     assert env["device"].startswith("cpu")
-    from sft.data import sha256_file
+    from sft.files import sha256_file
 
     assert env["data_files"]["train"] == sha256_file(data_dir / "sst2" / "train.tsv")
     assert set(env["model_files"]) == {"config.json"}  # model.init=random: the architecture

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO, SHORT, read_jsonl, results, run_cli, short_args
 
-from sft import checkpoint
+from sft.train import checkpoint
 
 
 def start(args: list[str], cwd: Path = REPO) -> subprocess.Popen:
@@ -128,9 +128,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_latest_continues(short_run, data_
 
 @pytest.mark.slow
 def test_a_run_dir_holding_a_run_is_refused_without_resume(short_run):
+    from sft.config.compose import load_run as load_run_config
     from sft.errors import ConfigError
-    from sft.rundir import RunDir
-    from sft.runner import load_run_config, resume_point
+    from sft.run.rundir import RunDir
+    from sft.run.runner import resume_point
 
     run = load_run_config(short_run)
     with pytest.raises(ConfigError, match=f"continue it with resume={short_run}"):

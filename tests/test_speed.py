@@ -14,14 +14,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from sft.cls_only import restrict_last_layer_to_cls
-from sft.config import HardwareConfig, ModelConfig, package_path
-from sft.data import sequence_lengths
-from sft.hardware import apply_threads, pad_multiple
-from sft.modeling import load_model
-from sft.optim import build_optimizer
-from sft.sampling import epoch_batches
-from sft.tasks.base import pad_columns
+from sft.config.resolvers import package_path
+from sft.config.schema import HardwareConfig, ModelConfig
+from sft.data.collate import pad_columns
+from sft.data.features import sequence_lengths
+from sft.models.cls_only import restrict_last_layer_to_cls
+from sft.models.loading import load_model
+from sft.parallel.device import apply_threads, pad_multiple
+from sft.train.optim import build_optimizer
+from sft.train.sampling import epoch_batches
 from tests.conftest import REPO, read_jsonl, train_tiny
 
 LENGTHS = [(i * 7919) % 61 + 3 for i in range(1000)]  # ragged, deterministic
@@ -173,8 +174,10 @@ def prepare_counting(overrides: list[str]) -> dict:
     """Prepare a run's features, counting how many row batches went through the tokenizer."""
     from hydra import compose, initialize_config_dir
 
-    from sft.config import CONFIG_DIR, register, to_run_config
-    from sft.runner import prepare
+    from sft.config.compose import CONFIG_DIR
+    from sft.config.resolvers import register
+    from sft.config.validate import to_run_config
+    from sft.run.runner import prepare
     from sft.tasks.classification import ClassificationTask
 
     calls = []

@@ -11,7 +11,9 @@ import pytest
 import yaml
 from conftest import TINY, read_jsonl, run_cli
 
-from sft.report import collect, summarize, write_job_record
+from sft.report.jobs import collect
+from sft.report.summary import summarize
+from sft.run.rundir import write_job_record
 
 SUMMARY_FILES = ("summary.json", "summary.csv", "curves.png", "hparams.png")
 
@@ -115,14 +117,11 @@ def test_cv_trains_one_run_per_fold(small: list[str], tmp_path: Path) -> None:
         sizes.append((int(found[1]), int(found[2])))
     assert sizes == [(128, 64)] * 3  # 128 train + 64 validation pooled, three equal folds
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["swept"] == ["fold"] and summary["groups"][0]["n"] == 3
+    assert summary["swept"] == ["data.fold"] and summary["groups"][0]["n"] == 3
     assert "mean ± std over fold" in result.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11 item 3: a cv fold's run dir does not record "
-                   "its fold, so `sft reproduce` retrains on the task's own splits "
-                   "(train 128, validation 64) and reports a mismatch")
 def test_reproduce_of_a_cv_fold_retrains_that_fold(small: list[str], tmp_path: Path) -> None:
     result = run_cli("cv", *small, "folds=2", f"run_dir={tmp_path / 'cv'}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -155,11 +154,12 @@ def test_summary_ranks_by_direction_and_averages_over_seeds(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("extra, direction", [([], "maximize"),
-                                              (["+task.greater_is_better=false"], "minimize")])
+                                              (["trainer.metric=loss"], "minimize")])
 def test_optuna_direction_follows_the_task_metric(extra: list[str], direction: str) -> None:
     from hydra import compose, initialize_config_dir
 
-    from sft.config import CONFIG_DIR, register
+    from sft.config.compose import CONFIG_DIR
+    from sft.config.resolvers import register
 
     register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -99,10 +99,6 @@ def test_early_stopping_stops_patience_evaluations_after_the_best(early_run: Pat
     assert printed == {k: v for k, v in final.items() if k.startswith("validation/")}
 
 
-@pytest.mark.xfail(strict=True, reason="early stopping breaks out of the loop without flushing "
-                   "the open logging window: train/loss, train/samples and train/runtime_s leave "
-                   "out the steps since the last log_steps multiple (train/loss is divided by all "
-                   "steps, so it is too low; with log_steps > stop step it is 0)")
 def test_early_stopped_run_counts_every_step_in_its_train_metrics(early_run: Path) -> None:
     final = final_metrics(early_run)
     train = [r for r in read_jsonl(early_run / "metrics.jsonl") if r["split"] == "train"]
@@ -150,10 +146,6 @@ def test_grad_accum_takes_the_steps_the_epoch_arithmetic_implies(accum_run: Path
     assert [r["step"] for r in evaluations(accum_run)] == [steps_per_epoch, 2 * steps_per_epoch]
 
 
-@pytest.mark.xfail(strict=True, reason="with grad_accum, a step never takes fewer micro-batches: "
-                   "when batches per epoch is not a multiple of grad_accum, the last step of an "
-                   "epoch borrows from the next, so epochs=2 trains on 80 samples of 36 x 2 = 72 "
-                   "and ends at epoch 2.2222")
 def test_grad_accum_epochs_see_each_example_once_per_epoch(accum_run: Path) -> None:
     train = [r for r in read_jsonl(accum_run / "metrics.jsonl") if r["split"] == "train"]
     assert train[-1]["epoch"] == EPOCHS

@@ -5,73 +5,74 @@ model outputs into metrics and predictions. The trainer knows nothing else about
 
     featurize(rows) -> features          (run once through datasets.map and cached)
     collate(columns) -> batch            (columnar dict of lists -> tensors)
-    loss(model, batch) -> scalar tensor
-    evaluator() -> Evaluator             (update(model, batch) streaming; compute() -> dict)
+    counts(batch) -> Counts              (examples, real tokens, loss targets; no forward)
+    loss(model, batch) -> loss sum       (summed over the batch's targets: the trainer divides
+                                          by the targets of the whole step, on every rank)
+    evaluator() -> Evaluator             (update(model, batch) streaming; state/merge across
+                                          ranks; compute() -> dict)
     predict(model, records) -> list[dict]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sft.config import DataConfig, ModelConfig
-from sft.errors import ConfigError
+from sft.config.schema import DataConfig, ModelConfig, TaskConfig
 
 IGNORE_INDEX = -100  # label value the loss skips (padding, non-first sub-tokens, prompts)
 
 
 @dataclass(frozen=True)
-class HubDataset:
-    path: str | None = None  # e.g. "stanfordnlp/sst2"
-    name: str | None = None  # configuration name
-    splits: dict[str, str] = field(default_factory=dict)  # our split -> hub split
+class Counts:
+    """What one batch holds, counted on the host before the forward pass."""
 
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """Fields every task family has; families subclass this with their own."""
-
-    name: str = "task"
-    type: str = "classification"
-    hub: HubDataset = field(default_factory=HubDataset)
-    subdir: str = ""  # folder under data.dir holding this task's files
-    files: dict[str, str] = field(default_factory=dict)  # split -> file name (local mode)
-    metric: str = "accuracy"  # the metric that picks the best checkpoint
-    greater_is_better: bool = True
-
-    def validate(self) -> None:
-        if not self.files and not self.hub.path:
-            raise ConfigError(f"task '{self.name}' names neither task.files nor task.hub.path")
-        if self.files and "train" not in self.files:
-            raise ConfigError(f"task.files has no 'train' entry (has: {sorted(self.files)})")
+    examples: int
+    tokens: int  # real (non-padding) input tokens
+    targets: int  # terms in the loss sum: examples, labelled tokens, ...
 
 
 class Evaluator:
-    """Streams over evaluation batches, keeping only what the metrics need."""
+    """Streams over evaluation batches, keeping only what the metrics need.
+
+    `STATE` names the attributes that hold that (lists are concatenated and numbers added
+    when the ranks' shards are merged), so evaluation is split across DDP ranks and every
+    rank computes the same metrics from the merged state."""
+
+    STATE: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.loss_sum = 0.0
-        self.loss_count = 0
+        self.loss_targets = 0
 
-    def add_loss(self, loss: torch.Tensor, n: int) -> None:
-        self.loss_sum += float(loss) * n
-        self.loss_count += n
+    def add_loss(self, loss_sum: torch.Tensor, targets: int) -> None:
+        self.loss_sum += float(loss_sum)
+        self.loss_targets += targets
 
     def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("loss_sum", "loss_targets", *self.STATE)}
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        """Replace this evaluator's state by the union of `states` (one per rank, in order)."""
+        for name in states[0]:
+            values = [s[name] for s in states]
+            setattr(self, name, sum(values, []) if isinstance(values[0], list) else sum(values))
 
     def metrics(self) -> dict[str, float]:
         raise NotImplementedError
 
     def compute(self) -> dict[str, float]:
         result = self.metrics()
-        if self.loss_count:
-            result["loss"] = self.loss_sum / self.loss_count
+        if self.loss_targets:
+            result["loss"] = self.loss_sum / self.loss_targets  # per-target mean
         return result
 
 
@@ -79,10 +80,15 @@ class Task:
     """Base class of task plug-ins; `config_class` is the schema of `task:` in the config."""
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig
+    # bump when featurize() changes its output: the feature cache key includes it
+    features_version: ClassVar[int] = 1
     # how a user loads best/ outside sft, for the model card (`best` is the folder)
     load_best: ClassVar[str] = ""
-    # columns the model's forward takes; everything else in a batch is for metrics
+    # columns the model's forward takes; everything else in a batch is for loss and metrics
     model_inputs: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
+    # a feature column whose value 0 starts a group of rows that must be evaluated together
+    # (QA windows of one example); evaluation shards across ranks only at such rows
+    eval_group_column: ClassVar[str | None] = None
 
     def __init__(self, config: TaskConfig, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
         self.config = config
@@ -90,11 +96,11 @@ class Task:
         self.data = data
 
     # -- data --------------------------------------------------------------------------
-    def read_file(self, path: Path, split: str) -> Any:
+    def read_file(self, path: Path, split: str) -> Dataset | None:
         """Load one local file as a datasets.Dataset; None means: use the generic reader."""
         return None
 
-    def prepare_split(self, dataset: Any, split: str) -> Any:
+    def prepare_split(self, dataset: Dataset, split: str) -> Dataset:
         """Check columns and labels of a raw split; may rename or cast. Returns the split."""
         return dataset
 
@@ -108,15 +114,27 @@ class Task:
     def collate(self, columns: dict[str, list], pad_to_multiple_of: int | None) -> dict[str, Any]:
         raise NotImplementedError
 
+    def counts(self, batch: dict[str, Any]) -> Counts:
+        """Examples and real tokens of a collated batch; one loss target per example."""
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else ids.numel()
+        return Counts(examples=len(ids), tokens=tokens, targets=len(ids))
+
     # -- model -------------------------------------------------------------------------
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
         raise NotImplementedError
 
     def forward(self, model: PreTrainedModel, batch: dict[str, Any]) -> Any:
-        return model(**{k: v for k, v in batch.items() if k in self.model_inputs or k == "labels"})
+        """The model's outputs (logits); the loss is ours (see loss_sum), not the model's."""
+        return model(**{k: v for k, v in batch.items() if k in self.model_inputs})
+
+    def loss_sum(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """The sum of the batch's per-target losses (fp32)."""
+        raise NotImplementedError
 
     def loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
-        return self.forward(model, batch).loss
+        return self.loss_sum(self.forward(model, batch), batch)
 
     def evaluator(self) -> Evaluator:
         raise NotImplementedError
@@ -126,31 +144,8 @@ class Task:
         raise NotImplementedError
 
 
-def pad_columns(columns: dict[str, list], pad_values: dict[str, int],
-                multiple: int | None) -> dict[str, torch.Tensor]:
-    """Pad the ragged list columns named in pad_values to one length (rounded up to
-    `multiple`, which keeps matmul shapes friendly) and stack them as tensors."""
-    out: dict[str, torch.Tensor] = {}
-    lengths = [len(x) for x in next(iter(columns[k] for k in pad_values if k in columns))]
-    width = max(lengths)
-    if multiple:
-        width = -(-width // multiple) * multiple
-    for key, value in pad_values.items():
-        if key not in columns:
-            continue
-        rows = columns[key]
-        tensor = torch.full((len(rows), width), value, dtype=torch.long)
-        for i, row in enumerate(rows):
-            tensor[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        out[key] = tensor
-    return out
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
-
-
-def batched(items: list, size: int) -> Any:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor,
+                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Summed cross-entropy over every label that is not `ignore_index`, in fp32."""
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, -2), labels.flatten(),
+                                             ignore_index=ignore_index, reduction="sum")

@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from sft.cls_only import restrict_last_layer_to_cls
-from sft.config import ModelConfig
-from sft.errors import ConfigError, DataError
-from sft.modeling import load_labelled_model
-from sft.tasks.base import Evaluator, Task, TaskConfig, batched, pad_columns, to_device
+from sft.config.schema import ModelConfig
+from sft.config.tasks import ClassificationConfig
+from sft.data.collate import batched, pad_columns, to_device
+from sft.errors import DataError
+from sft.metrics.classification import classification_metrics
+from sft.models.cls_only import restrict_last_layer_to_cls
+from sft.models.loading import load_labelled_model
+from sft.tasks.base import Evaluator, Task, cross_entropy_sum
 
 log = logging.getLogger("sft")
 
 
-@dataclass(frozen=True)
-class ClassificationConfig(TaskConfig):
-    type: str = "classification"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    label_names: list[str] = field(default_factory=list)
-    # the head reads only the first token, so the last layer computes only that token
-    # (same outputs and gradients, less compute; BERT-style models, see sft.cls_only)
-    cls_only_last_layer: bool = True
-
-    def validate(self) -> None:
-        super().validate()
-        if len(self.label_names) < 2:
-            raise ConfigError(f"task.label_names needs at least 2 names, got {self.label_names}")
-
-
 class ClassificationEvaluator(Evaluator):
+    STATE = ("preds", "labels")
+
     def __init__(self, task: ClassificationTask) -> None:
         super().__init__()
         self.task = task
@@ -45,16 +32,12 @@ class ClassificationEvaluator(Evaluator):
 
     def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
         out = self.task.forward(model, batch)
-        self.add_loss(out.loss, len(batch["labels"]))
+        self.add_loss(self.task.loss_sum(out, batch), len(batch["labels"]))
         self.preds += out.logits.argmax(-1).tolist()
         self.labels += batch["labels"].tolist()
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "accuracy": float(accuracy_score(self.labels, self.preds)),
-            "f1_macro": float(f1_score(self.labels, self.preds, average="macro")),
-            "mcc": float(matthews_corrcoef(self.labels, self.preds)),
-        }
+        return classification_metrics(self.labels, self.preds)
 
 
 class ClassificationTask(Task):
@@ -66,7 +49,7 @@ class ClassificationTask(Task):
         c = self.config
         return [c.text_column] + ([c.text_pair_column] if c.text_pair_column else [])
 
-    def prepare_split(self, dataset: Any, split: str) -> Any:
+    def prepare_split(self, dataset: Dataset, split: str) -> Dataset:
         c = self.config
         for column in [*self._text_columns(), c.label_column]:
             if column not in dataset.column_names:
@@ -106,6 +89,9 @@ class ClassificationTask(Task):
         if "labels" in columns:
             batch["labels"] = torch.as_tensor(columns["labels"], dtype=torch.long)
         return batch
+
+    def loss_sum(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        return cross_entropy_sum(outputs.logits, batch["labels"])
 
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
         model = load_labelled_model(AutoModelForSequenceClassification, model_cfg,

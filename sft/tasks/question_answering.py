@@ -8,7 +8,6 @@ and only its best span is kept, never the logits of the eval set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,41 +15,17 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, PreTrainedModel
 
-from sft.config import DataConfig, ModelConfig
+from sft.config.schema import DataConfig, ModelConfig
+from sft.config.tasks import QuestionAnsweringConfig
+from sft.data.collate import batched, pad_columns, to_device
 from sft.errors import ConfigError, DataError
-from sft.modeling import load_model
-from sft.tasks.base import Evaluator, Task, TaskConfig, batched, pad_columns, to_device
+from sft.metrics.squad import SquadScorer
+from sft.models.loading import load_model
+from sft.tasks.base import Evaluator, Task, cross_entropy_sum
 from sft.tasks.spans import Span, best_span, higher, window_positions
-from sft.tasks.squad import SquadScorer, read_squad, split_articles
+from sft.tasks.squad import read_squad, split_articles
 
 PASS_THROUGH = ("window", "context_start", "offsets", "context", "references")
-
-
-@dataclass(frozen=True)
-class QuestionAnsweringConfig(TaskConfig):
-    type: str = "qa"
-    id_column: str = "id"
-    question_column: str = "question"
-    context_column: str = "context"
-    answers_column: str = "answers"  # {"text": [...], "answer_start": [...]} as hub `squad`
-    doc_stride: int = 128  # tokens shared by consecutive windows of a long context
-    max_answer_length: int = 30  # in tokens
-    n_best: int = 20  # start and end candidates per window
-    # local SQuAD JSON: split -> [from, to) fraction of the articles, shuffled with
-    # article_seed (so one file can give disjoint train and validation articles)
-    article_split: dict[str, list[float]] = field(default_factory=dict)
-    article_seed: int = 42
-    metric: str = "f1"
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("doc_stride", "max_answer_length", "n_best"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"task.{name} must be >= 1, got {getattr(self, name)}")
-        for split, span in self.article_split.items():
-            if len(span) != 2 or not 0 <= span[0] < span[1] <= 1:
-                raise ConfigError(f"task.article_split.{split} must be [from, to) with "
-                                  f"0 <= from < to <= 1, got {span}")
 
 
 class QuestionAnsweringEvaluator(Evaluator):
@@ -71,7 +46,7 @@ class QuestionAnsweringEvaluator(Evaluator):
 
     def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
         out = self.task.forward(model, batch)
-        self.add_loss(out.loss, len(batch["window"]))
+        self.add_loss(self.task.loss_sum(out, batch), len(batch["window"]))
         starts, ends = out.start_logits.float().cpu(), out.end_logits.float().cpu()
         c = self.task.config
         for i, window in enumerate(batch["window"]):
@@ -82,6 +57,14 @@ class QuestionAnsweringEvaluator(Evaluator):
                              c.n_best, c.max_answer_length)
             self.best = higher(span, self.best)
 
+    def state(self) -> dict[str, Any]:
+        self._finish()  # a shard ends with a whole example (see Task.eval_group_column)
+        return {**super().state(), "squad": self.scorer.sums()}
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        super().merge([{k: v for k, v in s.items() if k != "squad"} for s in states])
+        self.scorer = SquadScorer.merged([s["squad"] for s in states])
+
     def metrics(self) -> dict[str, float]:
         self._finish()
         return self.scorer.result()
@@ -91,6 +74,7 @@ class QuestionAnsweringTask(Task):
     config_class = QuestionAnsweringConfig
     # transformers 5 has no pipeline("question-answering")
     load_best = 'AutoModelForQuestionAnswering.from_pretrained("best")'
+    eval_group_column = "window"  # an example's windows are scored together
     config: QuestionAnsweringConfig
 
     def __init__(self, config: QuestionAnsweringConfig, tokenizer: Any, data: DataConfig):
@@ -108,7 +92,7 @@ class QuestionAnsweringTask(Task):
                 else [row for article in articles for row in article["rows"]])
         return Dataset.from_list(rows)
 
-    def prepare_split(self, dataset: Any, split: str) -> Any:
+    def prepare_split(self, dataset: Dataset, split: str) -> Dataset:
         c = self.config
         for column in (c.question_column, c.context_column, c.answers_column):
             if column not in dataset.column_names:
@@ -164,9 +148,14 @@ class QuestionAnsweringTask(Task):
         batch.update({key: columns[key] for key in PASS_THROUGH if key in columns})
         return batch
 
-    def forward(self, model: PreTrainedModel, batch: dict[str, Any]) -> Any:
-        keys = {*self.model_inputs, "start_positions", "end_positions"}
-        return model(**{k: v for k, v in batch.items() if k in keys})
+    def loss_sum(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """As transformers' QA heads, the mean of the start and end cross-entropies, but over
+        real tokens only: padding gets no probability, so the loss of a window does not depend
+        on the batch it was padded in (transformers' heads let padding take some)."""
+        padding = batch["attention_mask"] == 0
+        return sum(cross_entropy_sum(logits.float().masked_fill(padding, float("-inf")), batch[key])
+                   for logits, key in ((outputs.start_logits, "start_positions"),
+                                       (outputs.end_logits, "end_positions"))) / 2
 
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
         return load_model(AutoModelForQuestionAnswering, model_cfg)

@@ -1,14 +1,11 @@
-"""Pure helpers of token classification: the CoNLL reader, word-to-sub-token label
-alignment, strict seqeval metrics, and grouping word tags into entities."""
+"""Pure helpers of token classification: the CoNLL reader, document context, word-to-sub-token
+label alignment, and grouping word tags into entities."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from seqeval.metrics import accuracy_score, classification_report
-from seqeval.scheme import IOB2
 
 from sft.errors import DataError
 from sft.tasks.base import IGNORE_INDEX
@@ -100,22 +97,6 @@ def first_subtoken_positions(word_ids: Sequence[int | None]) -> list[int]:
             positions.append(index)
         previous = word
     return positions
-
-
-def entity_metrics(true: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
-    """Strict IOB2 entity-level precision/recall/F1 (micro over entities, as CoNLL's
-    conlleval), per entity type, and word-level tag accuracy."""
-    report = classification_report(true, pred, mode="strict", scheme=IOB2, output_dict=True,
-                                   zero_division=0)
-    micro = report["micro avg"]
-    result = {"precision": float(micro["precision"]), "recall": float(micro["recall"]),
-              "f1": float(micro["f1-score"]), "accuracy": float(accuracy_score(true, pred))}
-    for name, row in report.items():
-        if not name.endswith(" avg"):
-            result[f"f1_{name}"] = float(row["f1-score"])
-            result[f"precision_{name}"] = float(row["precision"])
-            result[f"recall_{name}"] = float(row["recall"])
-    return result
 
 
 def group_entities(tags: Sequence[str], spans: Sequence[tuple[int, int]],

@@ -7,7 +7,6 @@ and per type, the numbers CoNLL papers report) plus word accuracy; other tag set
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,16 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
-from sft.config import ModelConfig
-from sft.errors import ConfigError, DataError
-from sft.modeling import load_labelled_model
-from sft.tasks.base import IGNORE_INDEX, Evaluator, Task, TaskConfig, batched, pad_columns, to_device
+from sft.config.schema import ModelConfig
+from sft.config.tasks import TokenClassificationConfig
+from sft.data.collate import batched, pad_columns, to_device
+from sft.errors import DataError
+from sft.metrics.seqeval import entity_metrics
+from sft.models.loading import load_labelled_model
+from sft.tasks.base import IGNORE_INDEX, Counts, Evaluator, Task, cross_entropy_sum
 from sft.tasks.tagging import (
     align_labels,
     document_context,
-    entity_metrics,
     first_subtoken_positions,
     group_entities,
     read_conll,
@@ -32,38 +33,10 @@ _LEFT, _RIGHT = "context_left", "context_right"  # document-context word columns
 CONLL_SUFFIXES = {".txt", ".conll", ".conllu", ".iob", ".iob2", ".bio"}
 
 
-@dataclass(frozen=True)
-class TokenClassificationConfig(TaskConfig):
-    type: str = "token_classification"
-    tokens_column: str = "tokens"  # list of words per row
-    tags_column: str = "tags"  # list of tags (names or ids into label_names) per row
-    tag_column: int = -1  # CoNLL files: the column that holds the tag (-1: the last)
-    label_names: list[str] = field(default_factory=list)
-    entity_metrics: bool = True  # IOB2 entity P/R/F1 (seqeval strict); false: accuracy only
-    # words of the neighbouring sentences of the same document read on each side of a
-    # sentence (CoNLL files, whose -DOCSTART- lines mark documents); 0: the sentence alone
-    document_context: int = 0
-    metric: str = "f1"
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.label_names:
-            raise ConfigError("task.label_names is empty; list the tag set (e.g. [O, B-PER, I-PER])")
-        if self.entity_metrics:
-            bad = [n for n in self.label_names if n != "O" and n[:2] not in {"B-", "I-"}]
-            if bad:
-                raise ConfigError(f"task.label_names {bad} are not IOB2 tags (O, B-X, I-X); "
-                                  "set task.entity_metrics=false for non-entity tag sets")
-        if self.document_context < 0:
-            raise ConfigError(f"task.document_context must be >= 0 words, got "
-                              f"{self.document_context}")
-        if not self.entity_metrics and self.metric != "accuracy":
-            raise ConfigError("task.entity_metrics=false computes only 'accuracy'; "
-                              "set task.metric=accuracy")
-
-
 class TokenClassificationEvaluator(Evaluator):
     """Keeps only the word tags of each sentence (not the logits)."""
+
+    STATE = ("true", "pred")
 
     def __init__(self, task: TokenClassificationTask) -> None:
         super().__init__()
@@ -73,7 +46,7 @@ class TokenClassificationEvaluator(Evaluator):
 
     def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
         out = self.task.forward(model, batch)
-        self.add_loss(out.loss, len(batch["labels"]))
+        self.add_loss(self.task.loss_sum(out, batch), self.task.counts(batch).targets)
         names = self.task.config.label_names
         best = out.logits.argmax(-1).tolist()
         for row, positions, gold in zip(best, batch["word_positions"], batch["word_labels"],
@@ -107,7 +80,7 @@ class TokenClassificationTask(Task):
                 rows["tokens"], rows["document"], c.document_context)
         return Dataset.from_dict(columns)
 
-    def prepare_split(self, dataset: Any, split: str) -> Any:
+    def prepare_split(self, dataset: Dataset, split: str) -> Dataset:
         c = self.config
         for column in (c.tokens_column, c.tags_column):
             if column not in dataset.column_names:
@@ -161,6 +134,13 @@ class TokenClassificationTask(Task):
             if key in columns:
                 batch[key] = columns[key]
         return batch
+
+    def counts(self, batch: dict[str, Any]) -> Counts:
+        labelled = int((batch["labels"] != IGNORE_INDEX).sum())
+        return Counts(**{**super().counts(batch).__dict__, "targets": labelled})
+
+    def loss_sum(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        return cross_entropy_sum(outputs.logits, batch["labels"])
 
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
         return load_labelled_model(AutoModelForTokenClassification, model_cfg, list(self.config.label_names))

@@ -1,0 +1,1 @@
+"""The run configuration: schema (dataclasses), validation, resolvers, composition."""

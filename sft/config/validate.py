@@ -1,0 +1,113 @@
+"""A composed config (or a saved config.yaml) -> a frozen, checked RunConfig; one-line
+messages for OmegaConf/Hydra errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sft.config.resolvers import register, writable_schema
+from sft.config.schema import BATCHING, RunConfig
+from sft.config.tasks import task_schema
+from sft.errors import ConfigError
+
+
+def describe(err: BaseException) -> str:
+    """One line for an OmegaConf/Hydra error: the message and the offending key."""
+    cause = err
+    while cause.__cause__ is not None and not isinstance(cause, ConfigError):
+        cause = cause.__cause__
+    if isinstance(cause, ConfigError):
+        return str(cause)
+    message = str(err).split("Config search path")[0]  # Hydra appends its search path
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    if lines[1:] and not isinstance(err, OmegaConfBaseException):
+        text = " ".join([text, *lines[1:]])
+    if isinstance(cause, OmegaConfBaseException) and cause is not err:
+        text += ": " + (str(cause).splitlines() or [""])[0]
+        err = cause
+    key = getattr(err, "full_key", None)
+    if key and key not in text:
+        text += f" (key: {key})"
+    return text
+
+
+def _validated(schema: type, node: Any, where: str) -> Any:
+    try:
+        merged = OmegaConf.merge(writable_schema(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = ".".join(k for k in (where, getattr(err, "full_key", None) or "") if k)
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"config error at '{key or where}': {first}; fix or remove that key "
+                          "(`sft train --cfg job` prints every key)") from err
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def to_run_config(cfg: DictConfig | dict) -> RunConfig:
+    """Validate a composed config (or a saved config.yaml) into a frozen RunConfig."""
+    register()
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(describe(err)) from err
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    task_node = plain.pop("task", None)
+    _check(isinstance(task_node, dict), "no task selected; add task=<name> (e.g. task=sentiment)")
+    task = _validated(task_schema(task_node.get("type")), task_node, "task")
+    run: RunConfig = _validated(RunConfig, plain, "")
+    run = RunConfig(**{**run.__dict__, "task": task})
+    _check_values(run)
+    return run
+
+
+def _check_values(run: RunConfig) -> None:
+    t, d, h, m = run.trainer, run.data, run.hardware, run.model
+    _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    _check(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    _check(t.grad_accum >= 1, f"trainer.grad_accum must be >= 1, got {t.grad_accum}")
+    _check(t.batching in BATCHING,
+           f"trainer.batching must be one of {', '.join(BATCHING)}, got '{t.batching}'")
+    _check(t.epochs >= 1 or t.max_steps > 0, "set trainer.epochs >= 1 or trainer.max_steps > 0")
+    _check(t.eval_steps is None or t.eval_steps >= 1, "trainer.eval_steps must be >= 1 or null")
+    _check(t.save_steps is None or t.save_steps >= 1, "trainer.save_steps must be >= 1 or null")
+    _check(t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1,
+           f"trainer.pad_to_multiple_of must be >= 1 or null, got {t.pad_to_multiple_of}")
+    _check(t.log_steps >= 1, f"trainer.log_steps must be >= 1, got {t.log_steps}")
+    _check(t.keep_last >= 1, f"trainer.keep_last must be >= 1, got {t.keep_last}")
+    _check(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
+    _check(0 < d.validation_fraction < 1, "data.validation_fraction must be in (0, 1)")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = getattr(d, key)
+        _check(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
+    _check((d.folds is None) == (d.fold is None), "set data.folds and data.fold together")
+    _check(d.folds is None or (d.folds >= 2 and 0 <= d.fold < d.folds),  # type: ignore[operator]
+           f"data.fold must be in 0..data.folds-1 with data.folds >= 2, got fold {d.fold} of "
+           f"{d.folds}")
+    _check(h.precision in {"auto", "fp32", "bf16", "fp16"},
+           f"hardware.precision must be auto, fp32, bf16 or fp16, got '{h.precision}'")
+    _check(h.device == "auto" or h.device == "cpu" or h.device.startswith("cuda"),
+           f"hardware.device must be auto, cpu or cuda[:N], got '{h.device}'")
+    _check(h.num_threads is None or h.num_threads >= 1,
+           f"hardware.num_threads must be >= 1 or null, got {h.num_threads}")
+    _check(m.init in {"pretrained", "random"},
+           f"model.init must be 'pretrained' or 'random', got '{m.init}'")
+    _check(m.freeze_layers >= 0, f"model.freeze_layers must be >= 0, got {m.freeze_layers}")
+    for group, node in (("optimizer", run.optimizer), ("scheduler", run.scheduler)):
+        _check("_target_" in node, f"{group} has no _target_; choose one with {group}=<name>")
+    lr = run.optimizer.get("lr")
+    _check(isinstance(lr, (int, float)) and lr > 0, f"optimizer.lr must be a positive number, got {lr}")
+    run.task.validate()
+    metrics = run.task.metrics()
+    for key, value in (("task.metric", run.task.metric), ("trainer.metric", run.metric)):
+        _check(value in metrics, f"{key} '{value}' is not computed by task '{run.task.name}' "
+                                 f"(available: {', '.join(sorted(metrics))})")

@@ -1,0 +1,1 @@
+"""Data: raw splits (hub or local files), folds, cached tokenized features, collation."""

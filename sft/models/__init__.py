@@ -1,0 +1,1 @@
+"""Models and tokenizers: loading, freezing, and architecture-specific speed-ups."""

@@ -1,0 +1,1 @@
+"""Devices and processes: the device and precision, the process group, parallel strategies."""

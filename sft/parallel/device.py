@@ -1,0 +1,73 @@
+"""Device and numeric precision from the `hardware` config."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from sft.config.schema import HardwareConfig
+from sft.errors import ConfigError
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("sft")
+
+
+def apply_threads(cfg: HardwareConfig) -> None:
+    """`hardware.num_threads` sets torch's intra-op CPU threads (null: torch's default, one
+    per physical core); more threads than cores only adds contention."""
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+
+
+def cpu_has_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere a bf16 matmul
+    falls back to slow generic code and autocast makes training slower, not faster."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_device(cfg: HardwareConfig, local_rank: int = 0) -> torch.device:
+    """The configured device; under torchrun each process takes GPU `local_rank`."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("hardware.device=cuda but no CUDA GPU is visible; use hardware=cpu")
+    return torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
+
+
+def autocast_dtype(cfg: HardwareConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. `auto` picks bf16 on GPUs that have it."""
+    if cfg.precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("hardware.precision=fp16 needs a CUDA GPU; use bf16 on CPU")
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("hardware.precision=bf16 on a CPU without native bf16 matmul (no AVX512-BF16/"
+                    "AMX): expect it to be slower than fp32")
+    return _DTYPES[cfg.precision]
+
+
+def pad_multiple(configured: int | None, device: torch.device) -> int | None:
+    """`trainer.pad_to_multiple_of`, with null resolved per device."""
+    if configured is None:
+        return 8 if device.type == "cuda" else None
+    return configured if configured > 1 else None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

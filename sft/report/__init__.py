@@ -1,0 +1,1 @@
+"""Reports over many runs: job records read back, ranked tables, summaries, plots."""

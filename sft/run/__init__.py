@@ -1,0 +1,1 @@
+"""One run: wiring it together, its run directory, its environment record, reproducing it."""

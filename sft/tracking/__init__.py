@@ -1,0 +1,1 @@
+"""Metric sinks: metrics.jsonl always; experiment trackers plug in beside it."""

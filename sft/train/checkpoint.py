@@ -1,0 +1,195 @@
+"""Checkpoints: atomic writes, newest-valid lookup, pruning, and the best/ model.
+
+A checkpoint folder is written as `.tmp-step-N`, fsynced, and renamed to `step-N`; its
+`manifest.json` (size and sha256 of every file) is written last, so a folder whose manifest
+is missing or does not match its files is half-written or corrupt, and is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sft.files import sha256_file
+from sft.parallel.strategies import SingleProcess
+
+STATE_FILE = "trainer_state.pt"
+CHECKPOINTS, BEST = "checkpoints", "best"  # folders of a run dir
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+log = logging.getLogger("sft")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def atomic_folder_write(target: Path, write: Any) -> Path:
+    """Write a folder via a temporary sibling and a rename, so readers never see half."""
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    write_manifest(tmp)
+    _fsync_tree(tmp)
+    old = target.with_name(f".old-{target.name}")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX: fsync the directory that holds the entry)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path) -> None:
+    """Record size and sha256 of every file; written last, so its presence marks completion."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
+
+
+def verify(folder: Path, hashes: bool = True) -> str | None:
+    """None if `folder` matches its manifest, else what is wrong (sizes only if not `hashes`)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {MANIFEST} (half-written?)"
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['size']}"
+        if hashes and sha256_file(path) != entry["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def save_model(target: Path, strategy: SingleProcess, model: PreTrainedModel,
+               tokenizer: PreTrainedTokenizerBase, state: dict[str, Any] | None = None) -> None:
+    """A transformers folder (safetensors + tokenizer; `pipeline()` loads it), plus the
+    trainer state for a checkpoint, written atomically. Called on every rank: the strategy
+    gathers the full weights (a collective when sharded) and rank 0 writes."""
+    weights = strategy.full_state_dict(model)
+    if not strategy.is_main:
+        return
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+
+    atomic_folder_write(target, write)
+
+
+def _step_dirs(checkpoints: Path) -> list[Path]:
+    """Every `step-N` folder, oldest first, valid or not."""
+    if not checkpoints.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoints.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def list_checkpoints(checkpoints: Path, hashes: bool = False) -> list[Path]:
+    """Complete checkpoint folders, oldest first; a folder that fails its manifest check
+    (sizes, and sha256 too with `hashes`) is skipped with a warning."""
+    valid = []
+    for folder in _step_dirs(checkpoints):
+        problem = verify(folder, hashes)
+        if problem:
+            log.warning("skipping checkpoint %s: %s", folder, problem)
+        else:
+            valid.append(folder)
+    return valid
+
+
+def latest_valid(checkpoints: Path) -> Path | None:
+    """The newest checkpoint whose files match their manifest hashes (checked newest first,
+    so only the folders that are skipped and the one returned are hashed)."""
+    for folder in reversed(_step_dirs(checkpoints)):
+        problem = verify(folder)
+        if problem is None:
+            return folder
+        log.warning("skipping checkpoint %s: %s", folder, problem)
+    return None
+
+
+def step_of(folder: Path) -> int:
+    match = _STEP_DIR.match(folder.name)
+    assert match, folder
+    return int(match.group(1))
+
+
+def _remove(folder: Path) -> None:
+    """Rename first, so a crash mid-delete never leaves a half-deleted `step-N` behind."""
+    doomed = folder.with_name(f".old-{folder.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def prune(checkpoints: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` valid checkpoints; delete every step-N folder older than
+    them (valid or not). Only `checkpoints/` is touched, never `best/`."""
+    kept = list_checkpoints(checkpoints)[-keep_last:]
+    if not kept:
+        return
+    oldest_kept = step_of(kept[0])
+    for folder in _step_dirs(checkpoints):
+        if step_of(folder) < oldest_kept:
+            _remove(folder)
+
+
+def clean_partial(checkpoints: Path) -> None:
+    """Remove temporary folders left by a write or delete that was killed midway."""
+    if checkpoints.is_dir():
+        for folder in checkpoints.iterdir():
+            if folder.name.startswith((".tmp-", ".old-")):
+                log.warning("removing %s left by an interrupted checkpoint write", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def load_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Load safetensors weights saved by save_pretrained into an existing model."""
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
+    if unexpected or missing:
+        raise RuntimeError(f"weights in {folder} do not fit the model: "
+                           f"missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -1,0 +1,296 @@
+"""The one training loop, on plain PyTorch.
+
+Trainer(run, task, model, tokenizer, features, out_dir, sinks).fit() trains and returns the
+final metrics. Every feature is a config flag:
+
+- length: `trainer.epochs`, or `trainer.max_steps` (> 0 wins); one step = one optimizer update
+- `trainer.batch_size` x `trainer.grad_accum` micro-batches per step (`trainer.batching`:
+  how batches are cut); `trainer.max_grad_norm`
+- the loss is a per-target mean over the whole optimizer step: the task returns sums, the
+  loop divides by the step's targets counted over every micro-batch and rank, so the update
+  does not depend on how a step is cut into micro-batches or ranks
+- LR: `optimizer` (param groups, no decay on bias/norms, `layer_decay`) and `scheduler` (warmup)
+- evaluation every `trainer.eval_steps` (default: each epoch end) and at the end, streamed
+  and sharded across ranks; `trainer.metric` (direction from the task) picks best/,
+  `trainer.early_stopping_patience` stops after that many evaluations without improvement
+- checkpoints every `trainer.save_steps` (default: at each evaluation), `trainer.keep_last`;
+  a checkpoint holds everything the loop depends on (weights, optimizer, scheduler, scaler,
+  RNG states, step, the meter with its partial logging window, the metrics.jsonl offset), so
+  `resume_from` continues bit-identically; SIGINT/SIGTERM finish the step, save and raise
+  TrainingInterrupted
+- `hardware.precision` autocast (bf16/fp16 with a grad scaler), `hardware.compile`
+- processes: the parallel strategy (single process, DDP) wraps the model, suppresses
+  gradient sync on all but the last micro-batch, and reduces counts and metrics
+- dynamic padding to `trainer.pad_to_multiple_of` (null: 8 on GPU, none on CPU),
+  `trainer.group_by_length` (batches of similar lengths), fused AdamW (`optimizer.fused`);
+  the loss is read back to the host only every `trainer.log_steps` steps
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sft.config.schema import RunConfig
+from sft.data.collate import to_device
+from sft.data.features import sequence_lengths
+from sft.errors import DataError, TrainingError
+from sft.parallel.device import autocast, autocast_dtype, pad_multiple
+from sft.parallel.strategies import SingleProcess
+from sft.tasks.base import Task
+from sft.tracking.sinks import Sinks
+from sft.train import checkpoint
+from sft.train.evaluation import evaluate
+from sft.train.interrupt import StopOnSignals, TrainingInterrupted
+from sft.train.meter import Meter
+from sft.train.optim import build_optimizer, build_scheduler
+from sft.train.sampling import ExampleBatches, make_loader
+from sft.train.seeding import rng_state, set_rng_state
+
+log = logging.getLogger("sft")
+
+
+def check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise TrainingError(f"training loss is {loss} at step {step}: the run diverged; lower "
+                            "optimizer.lr or raise scheduler.warmup (with fp16: bf16 or fp32)")
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, task: Task, model: PreTrainedModel,
+                 tokenizer: PreTrainedTokenizerBase, features: DatasetDict, out_dir: Path,
+                 sinks: Sinks, strategy: SingleProcess, console: Console | None = None) -> None:
+        self.run, self.task, self.tokenizer, self.features = run, task, tokenizer, features
+        self.out_dir, self.sinks, self.strategy = Path(out_dir), sinks, strategy
+        self.console = console or Console(stderr=True)
+        self.device = strategy.device
+        self.dtype = autocast_dtype(run.hardware, self.device)
+        self.model = model.to(self.device)  # the plain model: weights, optimizer, best/
+        # what forward/backward run through: compiled and/or wrapped by the strategy
+        self.wrapped = strategy.wrap(torch.compile(model) if run.hardware.compile else model)
+        t, world = run.trainer, strategy.world
+        lengths = sequence_lengths(features["train"]) if t.group_by_length else None
+        self.batches = ExampleBatches(len(features["train"]), t.batch_size, run.seed,
+                                      world.rank, world.size, lengths)
+        self.steps_per_epoch = max(1, math.ceil(self.batches.per_epoch / t.grad_accum))
+        self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
+        self.eval_every = t.eval_steps or self.steps_per_epoch
+        self.save_every = t.save_steps or self.eval_every
+        self.optimizer = build_optimizer(self.model, run.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, run.scheduler, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.pad = pad_multiple(t.pad_to_multiple_of, self.device)
+        self.step = 0
+        self.best: dict[str, Any] = {"value": None, "step": None, "metrics": {}}
+        self.bad_evals = 0
+        self.meter = Meter(self.device)
+
+    # -- data ----------------------------------------------------------------------------
+    def _steps(self) -> Iterator[list[dict[str, Any]]]:
+        """Endless stream of optimizer steps, each a list of up to `trainer.grad_accum`
+        micro-batches, starting where `self.step` left off. A step never crosses an epoch's
+        end: the last step of an epoch takes what is left (as HF's Trainer does)."""
+        accum = self.run.trainer.grad_accum
+        epoch, step_in_epoch = divmod(self.step, self.steps_per_epoch)
+        while True:
+            order = self.batches.epoch(epoch)[step_in_epoch * accum:]
+            loader = make_loader(self.features["train"], order,
+                                 lambda columns: self.task.collate(columns, self.pad),
+                                 self.run.data.num_workers, self.run.seed * 100_003 + epoch)
+            step: list[dict[str, Any]] = []
+            for batch in loader:
+                step.append(batch)
+                if len(step) == accum:
+                    yield step
+                    step = []
+            if step:
+                yield step
+            epoch, step_in_epoch = epoch + 1, 0
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        t = self.run.trainer
+        stream = self._steps()
+        window_start = time.perf_counter()
+        self.model.train()
+        progress = self._progress()
+        with progress, StopOnSignals() as signals:
+            bar = progress.add_task("train", total=self.total_steps, completed=self.step,
+                                    loss=float("nan"), lr=0.0, sps=0.0)
+            while self.step < self.total_steps:
+                self._train_step(next(stream))
+                progress.update(bar, advance=1)
+                if self.step % t.log_steps == 0 or self.step == self.total_steps:
+                    logged = self._log_window(time.perf_counter() - window_start)
+                    progress.update(bar, loss=logged["loss"], lr=logged["lr"],
+                                    sps=logged["samples_per_s"])
+                    window_start = time.perf_counter()
+                stop = False
+                if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                    seconds = time.perf_counter() - window_start
+                    stop = self._evaluate_and_select()
+                    if stop and self.meter.window.steps:  # the steps since the last log count
+                        self._log_window(seconds)
+                    window_start = time.perf_counter()  # keep eval time out of samples/s
+                signum = self._stop_signal(signals)
+                if (stop or signum or self.step % self.save_every == 0
+                        or self.step == self.total_steps):
+                    self.save_checkpoint()
+                if signum:
+                    raise TrainingInterrupted(signum, self.step, self.out_dir)
+                if stop:
+                    log.info("early stopping at step %d: %s did not improve for %d evaluations",
+                             self.step, self.run.metric, self.bad_evals)
+                    break
+        return self._final_metrics()
+
+    def _train_step(self, micro_batches: list[dict[str, Any]]) -> None:
+        """One optimizer update over the step's micro-batches, the loss normalized by the
+        number of targets of the whole step on every rank."""
+        counts = [self.task.counts(batch) for batch in micro_batches]
+        examples, tokens, targets = self.strategy.sum_counts(
+            [sum(getattr(c, key) for c in counts) for key in ("examples", "tokens", "targets")])
+        # per-target mean over the step; DDP averages gradients over ranks, so scale by size
+        per_rank_targets = max(targets, 1) / self.strategy.world.size
+        step_loss = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            with self.strategy.no_sync(self.wrapped, last_micro_batch=i == len(micro_batches) - 1):
+                with autocast(self.device, self.dtype):
+                    loss_sum = self.task.loss(self.wrapped, to_device(batch, self.device))
+                self.scaler.scale(loss_sum / per_rank_targets).backward()
+            step_loss += loss_sum.detach()
+        self.meter.add_step(step_loss, examples, tokens, targets)
+        self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
+        t = self.run.trainer
+        if t.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def _log_window(self, seconds: float) -> dict[str, float]:
+        """Read the window's loss back (the only host sync of the loop) and log it."""
+        loss_sum = float(self.strategy.sum(self.meter.window_loss))
+        window = self.meter.close_window(loss_sum, seconds)
+        check_finite(window["loss"], self.step)
+        record = {"split": "train", "step": self.step, "epoch": self._epoch(),
+                  "lr": self.scheduler.get_last_lr()[0], **window}
+        self.sinks.log(record)
+        return record
+
+    def _stop_signal(self, signals: StopOnSignals) -> int | None:
+        """The signal to stop on after this step; under DDP every rank stops at the same step
+        (torchrun forwards a signal to each worker, which may see it a step apart)."""
+        if self.strategy.world.size == 1:
+            return signals.received
+        flag = torch.tensor(float(signals.received is not None), device=self.device)
+        return (signals.received or signal.SIGTERM) if float(self.strategy.sum(flag)) > 0 else None
+
+    def _epoch(self) -> float:
+        return round(self.step / self.steps_per_epoch, 4)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                       "{task.fields[sps]:.1f} samples/s"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+            disable=not (self.run.trainer.progress and self.strategy.is_main),
+        )
+
+    # -- evaluation ----------------------------------------------------------------------
+    def evaluate(self, split: str = "validation") -> dict[str, float]:
+        return evaluate(self.task, self.model, self.features[split], self.run, self.dtype,
+                        self.strategy)
+
+    def _evaluate_and_select(self) -> bool:
+        """Evaluate on validation, update best/; True when early stopping should stop."""
+        metrics = self.evaluate("validation")
+        self.sinks.log({"split": "validation", "step": self.step, "epoch": self._epoch(),
+                        **metrics})
+        log.info("step %d validation %s", self.step,
+                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        value, best = metrics[self.run.metric], self.best["value"]
+        improved = best is None or (value > best if self.run.greater_is_better else value < best)
+        if improved:
+            self.best = {"value": value, "step": self.step, "metrics": metrics}
+            self.bad_evals = 0
+            checkpoint.save_model(self.out_dir / checkpoint.BEST, self.strategy, self.model,
+                                  self.tokenizer)
+        else:
+            self.bad_evals += 1
+        patience = self.run.trainer.early_stopping_patience
+        return patience is not None and self.bad_evals >= patience
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        epoch, step_in_epoch = divmod(self.step, self.steps_per_epoch)
+        return {
+            "step": self.step, "best": self.best, "bad_evals": self.bad_evals,
+            "meter": self.meter.state_dict(),
+            # the order is recomputed from (seed, epoch); this records where it stands
+            "sampler": {"seed": self.run.seed, "epoch": epoch,
+                        "batch": step_in_epoch * self.run.trainer.grad_accum,
+                        "examples": len(self.features["train"])},
+            "metrics_offset": self.sinks.jsonl.size(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        examples = state["sampler"]["examples"]
+        if examples != len(self.features["train"]):
+            raise DataError(f"the checkpoint was trained on {examples} examples, this run has "
+                            f"{len(self.features['train'])}; resume with the run's data settings")
+        self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
+        self.meter.load_state_dict(state["meter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+
+    def resume_from(self, folder: Path) -> None:
+        """Continue exactly where checkpoint `folder` left off: weights, state, and
+        metrics.jsonl cut back to what had been logged when it was saved."""
+        checkpoint.load_weights(self.model, folder)
+        state = checkpoint.load_state(folder)
+        self.load_state_dict(state)
+        self.sinks.jsonl.truncate(state["metrics_offset"])
+
+    def save_checkpoint(self) -> None:
+        folder = self.out_dir / checkpoint.CHECKPOINTS
+        checkpoint.save_model(folder / f"step-{self.step}", self.strategy, self.model,
+                              self.tokenizer, self.state_dict())
+        if self.strategy.is_main:
+            checkpoint.prune(folder, self.run.trainer.keep_last)
+
+    # -- results -------------------------------------------------------------------------
+    def _final_metrics(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            **self.meter.summary(), "train/steps": self.step,
+            "best/step": self.best["step"], "best/metric": f"validation/{self.run.metric}",
+            "best/value": self.best["value"], "best/greater_is_better": self.run.greater_is_better,
+        }
+        result.update({f"validation/{k}": v for k, v in self.best["metrics"].items()})
+        if "test" in self.features and self.run.trainer.eval_test:
+            checkpoint.load_weights(self.model, self.out_dir / checkpoint.BEST)
+            test = self.evaluate("test")
+            self.sinks.log({"split": "test", "step": self.best["step"], **test})
+            result.update({f"test/{k}": v for k, v in test.items()})
+        return result
