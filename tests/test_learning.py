@@ -19,8 +19,8 @@ from transformers import AutoTokenizer
 from sft.config.compose import CONFIG_DIR
 from sft.config.resolvers import package_path, register
 from sft.config.schema import DataConfig
-from sft.config.validate import to_run_config
 from sft.config.tasks import TokenClassificationConfig
+from sft.config.validate import to_run_config
 from sft.run.runner import prepare
 from sft.tasks import TASKS
 from sft.tasks.base import IGNORE_INDEX
@@ -112,15 +112,18 @@ def test_tiny_model_overfits_32_examples(task: str, tmp_path: Path, data_dir: Pa
 # -- NER words cut off by max_length ------------------------------------------------------
 class TagOracle(torch.nn.Module):
     """Logits that point at the gold label of every labelled sub-token, and at I-PER on
-    every other token ([CLS], [SEP]), so reading a cut-off word anywhere shows."""
+    every other token ([CLS], [SEP]), so reading a cut-off word anywhere shows. The model
+    sees only its inputs, so the batch's labels come by `labels`."""
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
-                **_: torch.Tensor) -> SimpleNamespace:
+    labels = torch.zeros(0)
+
+    def forward(self, input_ids: torch.Tensor, **_: torch.Tensor) -> SimpleNamespace:
+        labels = self.labels
         logits = torch.zeros((*input_ids.shape, 3))
         logits[..., 2] = 1.0
         rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)
         logits[rows, cols, labels[rows, cols]] = 10.0
-        return SimpleNamespace(loss=torch.tensor(0.0), logits=logits)
+        return SimpleNamespace(logits=logits)
 
 
 def test_words_cut_off_by_max_length_count_as_missed_entities() -> None:
@@ -132,8 +135,9 @@ def test_words_cut_off_by_max_length_count_as_missed_entities() -> None:
     features = task.featurize({"tokens": [words], "tag_ids": [tags]})
     assert len(features["input_ids"][0]) == 8  # [CLS] + 6 words + [SEP]
     assert features["word_positions"][0] == [1, 2, 3, 4, 5, 6, -1, -1, -1, -1]
-    evaluator = task.evaluator()
-    evaluator.update(TagOracle(), task.collate(features, None))
+    evaluator, oracle, batch = task.evaluator(), TagOracle(), task.collate(features, None)
+    oracle.labels = batch["labels"]
+    evaluator.update(oracle, batch)
     metrics = evaluator.compute()
     # the oracle tags every word it sees right; the cut-off words count as O, so the cut-off
     # entity is missed (recall 1/2) and 8 of 10 words are right ("day", "with" are O)
