@@ -254,7 +254,7 @@ def run_startup(spec: dict[str, Any]) -> dict[str, Any]:
         strategy = make_strategy(World(), resolve_device(run.hardware))
         trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features,
                           Path(tmp), Sinks(RunDir(tmp).metrics_log()), strategy)
-        next(trainer._micro_batches())
+        next(trainer._steps())
     return {"startup_s": data_s + time.perf_counter() - resumed, "data_s": data_s,
             "non_embedding_params": non_embedding_params(model)}
 

@@ -1,3 +1,3 @@
 """sft: config-driven supervised fine-tuning of pretrained language models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

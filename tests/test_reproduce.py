@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, read_jsonl, results, run_cli
 from safetensors.torch import load_file
 
+from sft.config.compose import load_run
 from sft.run import reproduce
 
 
@@ -106,3 +108,15 @@ def test_compare_tolerances_and_timings():
     rows = reproduce.compare({"a": 1.0}, {"a": 1.0 + 1e-9}, atol=0.0, rtol=1e-6)
     assert rows[0].match is True
     assert reproduce.compare({"a": 1.0}, {}, 0.0, 0.0)[0].match is False
+
+
+def test_a_run_dir_of_sft_0_1_still_loads(short_run: Path, tmp_path: Path) -> None:
+    """Older config.yaml files name `sft.optim.*` schedules and `task.greater_is_better`."""
+    old = tmp_path / "old"
+    shutil.copytree(short_run, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    saved["scheduler"]["_target_"] = "sft.optim.linear_schedule"
+    saved["task"]["greater_is_better"] = True
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    run = load_run(old)
+    assert run.scheduler["_target_"] == "sft.train.optim.linear_schedule" and run.greater_is_better

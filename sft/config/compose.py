@@ -99,6 +99,7 @@ def register_run_dir(run_dir: Path, overrides: list[str]) -> list[str]:
     to compose it with (group selections turned into `+group=option`)."""
     saved = OmegaConf.to_container(OmegaConf.load(check_run_dir(run_dir) / CONFIG_FILE))
     assert isinstance(saved, dict)
+    _upgrade(saved)
     groups, hydra_args = _groups(), []
     for override, arg in zip(parse(overrides), _overrides(overrides), strict=True):
         if override.key_or_group in groups and not override.is_delete():
@@ -109,6 +110,15 @@ def register_run_dir(run_dir: Path, overrides: list[str]) -> list[str]:
     node = {"defaults": ["sft_schema", "_self_"], **saved, "resume": None, "hydra": hydra}
     ConfigStore.instance().store(name=RUN_DIR_PRIMARY, node=node)
     return hydra_args
+
+
+def _upgrade(saved: dict[str, Any]) -> None:
+    """Run dirs written by sft 0.1 name the schedules' old module and task.greater_is_better
+    (the direction now comes from the metric); read them as today's keys."""
+    scheduler = saved.get("scheduler") or {}
+    if str(scheduler.get("_target_", "")).startswith("sft.optim."):
+        scheduler["_target_"] = scheduler["_target_"].replace("sft.optim.", "sft.train.optim.", 1)
+    (saved.get("task") or {}).pop("greater_is_better", None)
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
