@@ -106,3 +106,16 @@ def test_bad_overrides_fail_while_composing(override: str) -> None:
 def test_invalid_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         compose_run(override)
+
+
+@pytest.mark.parametrize("task,override,key,expected", [
+    ("sentiment", "task.text_pair_column=sentence", "text_pair_column", "sentence"),
+    ("ner", "task.document_context=4", "document_context", 4),
+    ("qa", "task.n_best=5", "n_best", 5),
+])
+def test_task_family_keys_are_typed_and_need_no_plus(task: str, override: str, key: str,
+                                                     expected: object) -> None:
+    """Every key of the task family's schema overrides as it is, typed while composing."""
+    assert getattr(compose_run(f"task={task}", override).task, key) == expected
+    with pytest.raises((HydraException, OmegaConfBaseException)):
+        compose_run(f"task={task}", f"task.{key}=[not, a, scalar]")
