@@ -46,6 +46,14 @@ def resume(run_dir: Path) -> None:
     assert main(["train", f"resume={run_dir}"]) == 0
 
 
+def killed_and_resumed(args: list[str], data_dir: Path, cache_dir: Path, run_dir: Path,
+                       checkpoint: str) -> Path:
+    """A run SIGKILLed once `checkpoint` is saved, then resumed to the end."""
+    kill_when_saved(start(args, data_dir, cache_dir, run_dir), run_dir, checkpoint)
+    resume(run_dir)
+    return run_dir
+
+
 def evaluations(run_dir: Path, split: str = "validation") -> list[dict]:
     return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == split]
 
@@ -109,12 +117,9 @@ def test_early_stopped_run_counts_every_step_in_its_train_metrics(early_run: Pat
 @pytest.mark.slow
 def test_early_stopped_run_killed_and_resumed_stops_at_the_same_step(
         early_run: Path, data_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = start(EARLY, data_dir, cache_dir, run_dir)
     # step 6 is one evaluation without improvement: resume must restore that count
-    kill_when_saved(proc, run_dir, "step-6")
-    resume(run_dir)
-    assert results(run_dir) == results(early_run)
+    killed = killed_and_resumed(EARLY, data_dir, cache_dir, tmp_path / "run", "step-6")
+    assert results(killed) == results(early_run)
 
 
 # -- 2. gradient accumulation -----------------------------------------------------------
@@ -153,12 +158,9 @@ def test_grad_accum_epochs_see_each_example_once_per_epoch(accum_run: Path) -> N
 @pytest.mark.slow
 def test_grad_accum_run_killed_and_resumed_equals_uninterrupted(
         accum_run: Path, data_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = start(ACCUMULATED, data_dir, cache_dir, run_dir)
     # step 6 = micro-batch 12: epoch 2, 3 batches in, mid logging/eval cycle
-    kill_when_saved(proc, run_dir, "step-6")
-    resume(run_dir)
-    assert results(run_dir) == results(accum_run)
+    killed = killed_and_resumed(ACCUMULATED, data_dir, cache_dir, tmp_path / "run", "step-6")
+    assert results(killed) == results(accum_run)
 
 
 # -- 3. Ctrl-C ---------------------------------------------------------------------------
