@@ -61,8 +61,9 @@ def value(args: list[str], key: str) -> str | None:
 
 
 def without(args: list[str], *keys: str) -> list[str]:
-    kept = {o.input_line for o in parse(args) if o.key_or_group not in keys}
-    return [a for a in args if a not in _overrides(args) or a in kept]
+    dropped = {arg for arg, override in zip(_overrides(args), parse(args), strict=True)
+               if override.key_or_group in keys}
+    return [a for a in args if a not in dropped]
 
 
 def params(args: list[str]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from sft.tasks import build_task
 from sft.tasks.base import Task
 from sft.tracking.sinks import Sinks
 from sft.train import checkpoint
+from sft.train.interrupt import TrainingInterrupted
 from sft.train.seeding import seed_everything
 from sft.train.trainer import Trainer
 
@@ -102,8 +103,8 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
         sinks.jsonl.truncate(0)
     try:
         metrics = trainer.fit()
-    except BaseException:
-        sinks.close("failed")
+    except BaseException as err:
+        sinks.close("interrupted" if isinstance(err, TrainingInterrupted) else "failed")
         raise
     sinks.close("complete")
     run_dir.write_json("metrics.json", metrics)
@@ -162,7 +163,7 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
     """The run's config, prepared task/data and its best model, ready to evaluate."""
     run = load_run(run_dir, overrides)
     apply_threads(run.hardware)
-    best = Path(run_dir) / "best"
+    best = Path(run_dir) / checkpoint.BEST
     if not best.is_dir():
         raise SftError(f"{best} not found; the run has not finished an evaluation yet")
     run = replace(run, model=replace(run.model, name_or_path=str(best), init="pretrained",

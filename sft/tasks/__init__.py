@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from sft.config.schema import DataConfig, TaskConfig
-from sft.errors import ConfigError
+from sft.config.tasks import task_schema
 from sft.tasks.base import Task
 from sft.tasks.classification import ClassificationTask
 from sft.tasks.question_answering import QuestionAnsweringTask
@@ -19,9 +19,7 @@ TASKS: dict[str, type[Task]] = {
 
 
 def task_class(task_type: str | None) -> type[Task]:
-    if task_type not in TASKS:
-        raise ConfigError(f"unknown task.type '{task_type}'; known types: {', '.join(TASKS)}")
-    return TASKS[task_type]
+    return TASKS[task_schema(task_type).type]  # task_schema names an unknown type
 
 
 def build_task(config: TaskConfig, tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> Task:

@@ -20,8 +20,7 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, run: RunConfig,
              dtype: torch.dtype | None, strategy: SingleProcess | None = None) -> dict[str, float]:
     """Metrics of `model` on `dataset`; nothing per-example is kept beyond what the metric
     needs."""
-    world = strategy.world if strategy is not None else None
-    rank, size = (world.rank, world.size) if world is not None else (0, 1)
+    rank, size = (strategy.world.rank, strategy.world.size) if strategy is not None else (0, 1)
     column = task.eval_group_column
     starts = [v == 0 for v in dataset[column]] if column and size > 1 else None
     rows = shard(len(dataset), rank, size, starts)
@@ -38,6 +37,6 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, run: RunConfig,
         with autocast(device, dtype):
             evaluator.update(model, to_device(batch, device))
     model.train(was_training)
-    if strategy is not None and size > 1:
+    if size > 1:
         evaluator.merge(strategy.gather(evaluator.state()))
     return evaluator.compute()

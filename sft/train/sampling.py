@@ -17,6 +17,11 @@ from torch.utils.data import DataLoader
 MEGA_BATCH = 50  # batches per length-sorted group, as HF's LengthGroupedSampler
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's order and of its loader's workers: a pure function of both."""
+    return seed * 100_003 + epoch
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   rank: int = 0, world_size: int = 1,
                   lengths: Sequence[int] | None = None) -> list[list[int]]:
@@ -26,7 +31,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
     sorted by length, so a batch holds sequences of similar length and pads little; the
     batch order is then shuffled again so lengths do not drift through the epoch.
     """
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
     if lengths is not None:
         span = batch_size * MEGA_BATCH

@@ -55,7 +55,7 @@ from sft.train.evaluation import evaluate
 from sft.train.interrupt import StopOnSignals, TrainingInterrupted
 from sft.train.meter import Meter
 from sft.train.optim import build_optimizer, build_scheduler
-from sft.train.sampling import ExampleBatches, make_loader
+from sft.train.sampling import ExampleBatches, epoch_seed, make_loader
 from sft.train.seeding import rng_state, set_rng_state
 
 log = logging.getLogger("sft")
@@ -107,7 +107,7 @@ class Trainer:
             order = self.batches.epoch(epoch)[step_in_epoch * accum:]
             loader = make_loader(self.features["train"], order,
                                  lambda columns: self.task.collate(columns, self.pad),
-                                 self.run.data.num_workers, self.run.seed * 100_003 + epoch)
+                                 self.run.data.num_workers, epoch_seed(self.run.seed, epoch))
             step: list[dict[str, Any]] = []
             for batch in loader:
                 step.append(batch)
