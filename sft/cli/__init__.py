@@ -24,12 +24,14 @@ commands:
                                evaluate a run's best/ model on a split (default validation)
   predict RUN_DIR --input F --output F
                                predict jsonl/csv records, write jsonl with label and scores
+  generate RUN_DIR --prompt TEXT | --input F --output F [--max-new-tokens N]
+                               text from a generative run's best/ (chat template applied)
   report DIR|RUN_DIR... [--output DIR]
                                rank a sweep's jobs; write summary.csv/json and plots
   cv [folds=5] [overrides]     k-fold cross-validation over train+validation, mean ± std
 """
 
-COMMANDS = ("train", "eval", "predict", "reproduce", "report", "cv")
+COMMANDS = ("train", "eval", "predict", "generate", "reproduce", "report", "cv")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ class ModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     revision: str | None = None
     gguf_file: str | None = None  # a GGUF file inside name_or_path (dequantized on load)
+    cache_dir: str = "~/.cache/sft"  # where converted GGUF models are cached
     freeze_embeddings: bool = False
     freeze_layers: int = 0  # freeze the bottom K transformer layers
     # attention kernel: eager | sdpa | flash_attention_2 ...; null: transformers' default
@@ -45,7 +46,10 @@ class DataConfig:
     num_workers: int = 0
 
 
-BATCHING = ("examples",)  # how training batches are cut; tokens/packed arrive with causal LMs
+# how training micro-batches are cut: `examples` (batch_size examples), `tokens` (similar
+# lengths up to batch_tokens padded tokens), `packed` (documents concatenated into
+# batch_size rows of data.max_length tokens, no padding; task families that can pack)
+BATCHING = ("examples", "tokens", "packed")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,9 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     grad_accum: int = 1
-    batching: str = "examples"  # one of BATCHING: batch_size examples per micro-batch
+    batching: str = "examples"  # one of BATCHING (above)
+    batch_tokens: int | None = None  # batching=tokens: padded tokens per micro-batch (null:
+    # batch_size x data.max_length)
     max_grad_norm: float | None = 1.0
     log_steps: int = 20
     eval_steps: int | None = None  # None: evaluate at every epoch end
@@ -68,6 +74,9 @@ class TrainerConfig:
     pad_to_multiple_of: int | None = None
     group_by_length: bool = True  # batch similar lengths together (less padding)
     eval_test: bool = True  # evaluate the best model on a labelled test split at the end
+    # evaluate the model as loaded before step 0 (the zero-shot baseline); null: the task
+    # family's default (on for generative families)
+    eval_first: bool | None = None
     deterministic: bool = False
     progress: bool = True
 
@@ -93,6 +102,8 @@ class TaskConfig:
 
     # metric -> greater is better, for every metric the family's evaluator reports
     METRICS: ClassVar[dict[str, bool]] = {"loss": False}
+    BATCHINGS: ClassVar[tuple[str, ...]] = ("examples", "tokens")  # trainer.batching it takes
+    EVAL_FIRST: ClassVar[bool] = False  # default of trainer.eval_first
 
     name: str = "task"
     type: str = "classification"
@@ -133,3 +144,8 @@ class RunConfig:
     @property
     def greater_is_better(self) -> bool:
         return self.task.metrics()[self.metric]
+
+    @property
+    def eval_first(self) -> bool:
+        first = self.trainer.eval_first
+        return self.task.EVAL_FIRST if first is None else first

@@ -99,10 +99,76 @@ class QuestionAnsweringConfig(TaskConfig):
                                   f"0 <= from < to <= 1, got {span}")
 
 
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings of every generative task: explicit, never transformers' defaults
+    (whose max_length of 20 tokens silently cuts answers)."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    num_beams: int = 1  # 1: greedy (or sampling with do_sample)
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    early_stopping: bool = False
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"task.generation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise ConfigError(f"task.generation.num_beams must be >= 1, got {self.num_beams}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError("task.generation.min_new_tokens must be in 0..max_new_tokens, got "
+                              f"{self.min_new_tokens}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("task.generation needs temperature > 0 and 0 < top_p <= 1")
+
+
+@dataclass(frozen=True)
+class InstructionConfig(TaskConfig):
+    """Instruction / chat tuning of causal LMs: loss on the assistant turns."""
+
+    METRICS: ClassVar[dict[str, bool]] = {"perplexity": False}
+    BATCHINGS: ClassVar[tuple[str, ...]] = ("examples", "tokens", "packed")
+    EVAL_FIRST: ClassVar[bool] = True
+    FORMATS: ClassVar[tuple[str, ...]] = ("auto", "alpaca", "messages")
+
+    type: str = "instruction"
+    format: str = "auto"  # alpaca (instruction/input/output) | messages (chat) | auto: detected
+    instruction_column: str = "instruction"
+    input_column: str = "input"
+    output_column: str = "output"
+    messages_column: str = "messages"
+    system_prompt: str | None = None  # a system turn put before every alpaca record
+    # null: the tokenizer's own template; a name (chatml, alpaca) or a Jinja string; the one
+    # used is saved with best/ and the checkpoints
+    chat_template: str | None = None
+    train_on_prompt: bool = False  # true: loss on every token, not only the assistant turns
+    num_samples: int = 3  # validation prompts generated at each evaluation (samples.jsonl)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    metric: str = "loss"
+
+    def columns(self) -> dict[str, str]:
+        return {"instruction": self.instruction_column, "input": self.input_column,
+                "output": self.output_column, "messages": self.messages_column}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.format not in self.FORMATS:
+            raise ConfigError(f"task.format must be one of {', '.join(self.FORMATS)}, "
+                              f"got '{self.format}'")
+        if self.num_samples < 0:
+            raise ConfigError(f"task.num_samples must be >= 0, got {self.num_samples}")
+        self.generation.validate()
+
+
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "classification": ClassificationConfig,
     "token_classification": TokenClassificationConfig,
     "qa": QuestionAnsweringConfig,
+    "instruction": InstructionConfig,
 }
 
 

@@ -77,6 +77,12 @@ def _check_values(run: RunConfig) -> None:
     _check(t.grad_accum >= 1, f"trainer.grad_accum must be >= 1, got {t.grad_accum}")
     _check(t.batching in BATCHING,
            f"trainer.batching must be one of {', '.join(BATCHING)}, got '{t.batching}'")
+    _check(t.batching in run.task.BATCHINGS,
+           f"trainer.batching={t.batching} is not supported by task type '{run.task.type}' "
+           f"(it takes {', '.join(run.task.BATCHINGS)})")
+    _check(t.batch_tokens is None or t.batch_tokens >= d.max_length,
+           f"trainer.batch_tokens must be >= data.max_length ({d.max_length}) or null, "
+           f"got {t.batch_tokens}")
     _check(t.epochs >= 1 or t.max_steps > 0, "set trainer.epochs >= 1 or trainer.max_steps > 0")
     _check(t.eval_steps is None or t.eval_steps >= 1, "trainer.eval_steps must be >= 1 or null")
     _check(t.save_steps is None or t.save_steps >= 1, "trainer.save_steps must be >= 1 or null")

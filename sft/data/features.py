@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +15,9 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
 from sft.config.schema import DataConfig
+from sft.errors import DataError
+
+log = logging.getLogger("sft")
 
 
 class Featurizer(Protocol):
@@ -50,6 +54,13 @@ def featurize(task: Featurizer, raw: DatasetDict, data: DataConfig) -> DatasetDi
             cache_file_name=str(cache / f"{task.config.name}-{split}-{key}.arrow"),
             new_fingerprint=key,
         )
+        dropped = len(dataset) - len(out[split])
+        if dropped:  # featurize() may drop rows it cannot train on; say so, never silently
+            reason = getattr(task, "drop_reason", "dropped by the task")
+            if not len(out[split]):
+                raise DataError(f"every record of the {split} split was dropped ({reason}); "
+                                "raise data.max_length or fix the data")
+            log.warning("%s: %d of %d records dropped (%s)", split, dropped, len(dataset), reason)
     return out
 
 

@@ -10,9 +10,11 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedT
 from sft.config.schema import ModelConfig
 from sft.errors import ModelError
 from sft.models.freezing import freeze
+from sft.models.gguf import materialize_gguf
 
 
-def _source(cfg: ModelConfig) -> str:
+def _origin(cfg: ModelConfig) -> str:
+    """name_or_path as given: a local folder (checked) or a hub id."""
     path = Path(cfg.name_or_path).expanduser()
     looks_local = cfg.name_or_path.startswith((".", "/", "~")) or path.exists()
     if looks_local and not path.is_dir():
@@ -21,20 +23,40 @@ def _source(cfg: ModelConfig) -> str:
     return str(path) if looks_local else cfg.name_or_path
 
 
+def _not_cached(source: str) -> ModelError:
+    return ModelError(
+        f"model '{source}' is not in the local Hugging Face cache and the hub cannot be "
+        f"reached; download it once online (`hf download {source}`) or set "
+        "model.name_or_path=/path/to/a/local/folder"
+    )
+
+
+def _source(cfg: ModelConfig) -> str:
+    """What transformers loads from: the origin, or for model.gguf_file the plain folder it
+    is converted to once (so loads take seconds, not a dequantization, and the trained model
+    saves like any other)."""
+    origin = _origin(cfg)
+    if not cfg.gguf_file:
+        return origin
+    folder = origin
+    if not Path(origin).is_dir():  # a GGUF file in a hub repo: fetch (or find) that one file
+        from huggingface_hub import hf_hub_download
+
+        try:
+            folder = str(Path(hf_hub_download(origin, cfg.gguf_file, revision=cfg.revision)).parent)
+        except OSError as err:
+            raise _not_cached(origin) from err
+    return str(materialize_gguf(folder, cfg.gguf_file, cfg.cache_dir))
+
+
 def _load(what: str, cfg: ModelConfig, loader: Any, **kwargs: Any) -> Any:
-    source = _source(cfg)
-    if cfg.gguf_file:
-        kwargs["gguf_file"] = cfg.gguf_file
+    source = _source(cfg)  # never a GGUF file any more: no gguf_file= here
     try:
         return loader(source, revision=cfg.revision, **kwargs)
     except OSError as err:
         if Path(source).is_dir():
             raise ModelError(f"cannot load the {what} from {source}: {err}".splitlines()[0]) from err
-        raise ModelError(
-            f"model '{source}' is not in the local Hugging Face cache and the hub cannot be "
-            f"reached; download it once online (`hf download {source}`) or set "
-            "model.name_or_path=/path/to/a/local/folder"
-        ) from err
+        raise _not_cached(source) from err
 
 
 _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
@@ -42,9 +64,10 @@ _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
 
 def weight_files(cfg: ModelConfig) -> list[Path]:
     """The local files the base model is built from: its weights (for model.init=random,
-    only config.json), so env.json can hash them; empty when they are not on this machine."""
+    only config.json; for model.gguf_file, the GGUF itself, not its converted copy), so
+    env.json can hash them; empty when they are not on this machine."""
     try:
-        source = Path(_source(cfg))
+        source = Path(_origin(cfg))
     except ModelError:
         return []
     if not source.is_dir():  # a hub id: look in the local cache only
@@ -55,10 +78,10 @@ def weight_files(cfg: ModelConfig) -> list[Path]:
                                             local_files_only=True))
         except Exception:  # not cached (or no hub library): nothing to hash
             return []
-    if cfg.init == "random":
-        patterns: tuple[str, ...] = ("config.json",)
-    elif cfg.gguf_file:
-        patterns = (cfg.gguf_file,)
+    if cfg.gguf_file:  # the architecture comes from the GGUF too
+        patterns: tuple[str, ...] = (cfg.gguf_file,)
+    elif cfg.init == "random":
+        patterns = ("config.json",)
     else:
         patterns = _WEIGHTS
     return sorted({p for pattern in patterns for p in source.glob(pattern) if p.is_file()})

@@ -37,6 +37,8 @@ from sft.train.trainer import Trainer
 
 log = logging.getLogger("sft")
 
+PREVIEW_FILE = "preview.txt"  # the first training records, trained tokens marked
+
 
 @dataclass
 class Prepared:
@@ -93,6 +95,9 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     sizes = ", ".join(f"{s} {len(d)}" for s, d in prepared.features.items())
     log.info("run dir %s | %s (%s attention) on %s | %s", run_dir.path, run.model.name,
              model.config._attn_implementation, describe_device(device), sizes)
+    preview = prepared.task.preview(prepared.features["train"])
+    if preview is not None and world.is_main:  # what the loss is on, for a user to check
+        (run_dir.path / PREVIEW_FILE).write_text(preview)
     sinks = Sinks(run_dir.metrics_log())
     trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features,
                       run_dir.path, sinks, make_strategy(world, device), console)
@@ -101,6 +106,7 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
         log.info("resumed from %s (step %d of %d)", start, trainer.step, trainer.total_steps)
     elif run.resume:
         sinks.jsonl.truncate(0)
+        trainer.samples.truncate(0)
     try:
         metrics = trainer.fit()
     except BaseException as err:

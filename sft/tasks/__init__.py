@@ -8,6 +8,7 @@ from sft.config.schema import DataConfig, TaskConfig
 from sft.config.tasks import task_schema
 from sft.tasks.base import Task
 from sft.tasks.classification import ClassificationTask
+from sft.tasks.instruction import InstructionTask
 from sft.tasks.question_answering import QuestionAnsweringTask
 from sft.tasks.token_classification import TokenClassificationTask
 
@@ -15,6 +16,7 @@ TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "token_classification": TokenClassificationTask,
     "qa": QuestionAnsweringTask,
+    "instruction": InstructionTask,
 }
 
 

@@ -5,12 +5,15 @@ model outputs into metrics and predictions. The trainer knows nothing else about
 
     featurize(rows) -> features          (run once through datasets.map and cached)
     collate(columns) -> batch            (columnar dict of lists -> tensors)
+    collate_packed(columns, row_sizes)   (trainer.batching=packed: documents side by side)
     counts(batch) -> Counts              (examples, real tokens, loss targets; no forward)
     loss(model, batch) -> loss sum       (summed over the batch's targets: the trainer divides
                                           by the targets of the whole step, on every rank)
     evaluator() -> Evaluator             (update(model, batch) streaming; state/merge across
                                           ranks; compute() -> dict)
     predict(model, records) -> list[dict]
+    preview(features) -> str | None      (what the loss sees, written to the run dir)
+    samples(model) -> list[dict]         (generations at each evaluation: samples.jsonl)
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ class Task:
     # a feature column whose value 0 starts a group of rows that must be evaluated together
     # (QA windows of one example); evaluation shards across ranks only at such rows
     eval_group_column: ClassVar[str | None] = None
+    # evaluation batches hold at most this many padded tokens (None: trainer.eval_batch_size
+    # examples); language models set it, since their logits are tokens x vocabulary
+    eval_batch_tokens: ClassVar[int | None] = None
 
     def __init__(self, config: TaskConfig, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
         self.config = config
@@ -113,6 +119,15 @@ class Task:
 
     def collate(self, columns: dict[str, list], pad_to_multiple_of: int | None) -> dict[str, Any]:
         raise NotImplementedError
+
+    def collate_packed(self, columns: dict[str, list], row_sizes: list[int],
+                       pad_to_multiple_of: int | None) -> dict[str, Any]:
+        """Rows of documents side by side (only families whose config takes `packed`)."""
+        raise NotImplementedError
+
+    def preview(self, dataset: Dataset) -> str | None:
+        """A human-readable view of the first training features (None: nothing to show)."""
+        return None
 
     def counts(self, batch: dict[str, Any]) -> Counts:
         """Examples and real tokens of a collated batch; one loss target per example."""
@@ -142,6 +157,11 @@ class Task:
     def predict(self, model: PreTrainedModel, records: list[dict[str, Any]],
                 batch_size: int) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    def samples(self, model: PreTrainedModel) -> list[dict[str, Any]]:
+        """Outputs a user reads at each evaluation to see the model change (generative
+        families); the trainer writes them to samples.jsonl with the step."""
+        return []
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor,

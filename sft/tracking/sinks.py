@@ -30,7 +30,7 @@ class JsonlSink:
     def log(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
 
     def size(self) -> int:
         return self.path.stat().st_size if self.path.is_file() else 0

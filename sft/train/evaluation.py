@@ -9,10 +9,11 @@ from torch import nn
 
 from sft.config.schema import RunConfig
 from sft.data.collate import to_device
+from sft.data.features import sequence_lengths
 from sft.parallel.device import autocast, pad_multiple
 from sft.parallel.strategies import SingleProcess
 from sft.tasks.base import Task
-from sft.train.sampling import epoch_batches, make_loader, shard
+from sft.train.sampling import cut_by_tokens, epoch_batches, make_loader, shard
 
 
 @torch.inference_mode()
@@ -24,8 +25,12 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, run: RunConfig,
     column = task.eval_group_column
     starts = [v == 0 for v in dataset[column]] if column and size > 1 else None
     rows = shard(len(dataset), rank, size, starts)
-    batches = [[rows[i] for i in b] for b in epoch_batches(len(rows), run.trainer.eval_batch_size,
-                                                           0, 0, shuffle=False)]
+    if task.eval_batch_tokens:  # big-vocabulary logits: cap the padded tokens per batch
+        lengths = sequence_lengths(dataset)
+        batches = cut_by_tokens(list(rows), lengths, task.eval_batch_tokens)
+    else:
+        batches = [[rows[i] for i in b] for b in epoch_batches(
+            len(rows), run.trainer.eval_batch_size, 0, 0, shuffle=False)]
     device = next(model.parameters()).device
     pad = pad_multiple(run.trainer.pad_to_multiple_of, device)
     loader = make_loader(dataset, batches, lambda columns: task.collate(columns, pad),

@@ -1,5 +1,5 @@
 """The order of training examples: one seam for shuffling, length grouping, sharding and
-(later) other ways to cut batches (`trainer.batching`).
+the ways to cut batches (`trainer.batching`: examples, tokens, packed).
 
 An epoch's order is a pure function of (seed, epoch), so a resumed run recomputes it and
 skips the batches already done instead of storing sampler state.
@@ -13,6 +13,11 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from sft.config.schema import TrainerConfig
+from sft.data.features import sequence_lengths
+from sft.data.packing import plan_rows
 
 MEGA_BATCH = 50  # batches per length-sorted group, as HF's LengthGroupedSampler
 
@@ -40,10 +45,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if lengths is not None and shuffle:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-    if world_size > 1:
-        usable = len(batches) - len(batches) % world_size
-        batches = batches[rank:usable:world_size]
-    return batches
+    return for_rank(batches, rank, world_size)
+
+
+def for_rank(batches: list, rank: int, world_size: int) -> list:
+    """Rank `rank`'s share: every world_size-th batch; the remainder is dropped so every
+    rank takes the same number of steps."""
+    if world_size == 1:
+        return batches
+    usable = len(batches) - len(batches) % world_size
+    return batches[rank:usable:world_size]
 
 
 class ExampleBatches:
@@ -60,6 +71,74 @@ class ExampleBatches:
                              self.world_size, self.lengths)
 
 
+class TokenBatches:
+    """`trainer.batching=tokens`: micro-batches of similar lengths holding at most `budget`
+    padded tokens each. Documents are sorted by length (ties in a shuffled order), so the
+    number of batches is the same every epoch; the batch order is shuffled per epoch."""
+
+    def __init__(self, lengths: Sequence[int], budget: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.lengths, self.budget, self.seed = lengths, budget, seed
+        self.rank, self.world_size = rank, world_size
+        self.per_epoch = len(self.epoch(0))
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches = cut_by_tokens(order, self.lengths, self.budget)
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return for_rank(batches, self.rank, self.world_size)
+
+
+def cut_by_tokens(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """`order` sorted longest first (stable: ties keep their order), cut into batches of at
+    most `budget` padded tokens (rows x longest row; at least one row each)."""
+    batches: list[list[int]] = []
+    for i in sorted(order, key=lambda j: -lengths[j]):  # a batch's first row sets its width
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class PackedBatches:
+    """`trainer.batching=packed`: documents best-fit into rows of `row_tokens` tokens (no
+    padding inside a row), `rows` rows per micro-batch; each item is a list of rows, each
+    row a list of document indices. The number of rows depends only on the lengths, so
+    every epoch has the same number of steps."""
+
+    def __init__(self, lengths: Sequence[int], row_tokens: int, rows: int, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.lengths, self.row_tokens, self.rows, self.seed = lengths, row_tokens, rows, seed
+        self.rank, self.world_size = rank, world_size
+        self.per_epoch = len(self.epoch(0))
+
+    def epoch(self, epoch: int) -> list[list[list[int]]]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        packed = plan_rows(self.lengths, order, self.row_tokens)
+        packed = [packed[i] for i in torch.randperm(len(packed), generator=generator)]
+        batches = [packed[i : i + self.rows] for i in range(0, len(packed), self.rows)]
+        return for_rank(batches, self.rank, self.world_size)
+
+
+Batches = ExampleBatches | TokenBatches | PackedBatches
+
+
+def batch_plan(trainer: TrainerConfig, max_length: int, seed: int, dataset: Dataset,
+               rank: int = 0, world_size: int = 1) -> Batches:
+    """The `trainer.batching` plan of the training split."""
+    if trainer.batching == "examples":
+        lengths = sequence_lengths(dataset) if trainer.group_by_length else None
+        return ExampleBatches(len(dataset), trainer.batch_size, seed, rank, world_size, lengths)
+    if trainer.batching == "tokens":
+        budget = trainer.batch_tokens or trainer.batch_size * max_length
+        return TokenBatches(sequence_lengths(dataset), budget, seed, rank, world_size)
+    return PackedBatches(sequence_lengths(dataset), max_length, trainer.batch_size, seed, rank,
+                         world_size)
+
+
 def shard(n: int, rank: int, world_size: int, group_starts: Sequence[bool] | None = None) -> range:
     """Rank `rank`'s contiguous share of `n` evaluation rows; with `group_starts`, shares
     begin only where a group begins, so no group is split between ranks."""
@@ -72,13 +151,25 @@ def shard(n: int, rank: int, world_size: int, group_starts: Sequence[bool] | Non
     return range(bounds[rank], bounds[rank + 1])
 
 
-def make_loader(dataset: Dataset, batches: list[list[int]],
-                collate: Callable[[dict[str, list]], Any], num_workers: int,
-                seed: int = 0) -> DataLoader:
-    """Each sampler item is a whole batch of indices, fetched columnar in one read.
+class _Fetch(TorchDataset):
+    """Reads one whole batch columnar in one read; a packed batch (a list of rows of
+    indices) comes with its row sizes: (columns, sizes)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, item: list) -> Any:
+        if item and isinstance(item[0], list):
+            return self.dataset[[i for row in item for i in row]], [len(row) for row in item]
+        return self.dataset[item]
+
+
+def make_loader(dataset: Dataset, batches: list[list[int]] | list[list[list[int]]],
+                collate: Callable[[Any], Any], num_workers: int, seed: int = 0) -> DataLoader:
+    """Each sampler item is a whole batch of indices (or of packed rows), fetched columnar.
 
     The loader gets its own generator: without one, every new iterator draws its workers'
     base seed from the global torch RNG, so an evaluation or a resume would shift the
     dropout masks of the following training steps."""
-    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers,
+    return DataLoader(_Fetch(dataset), sampler=batches, batch_size=None, num_workers=num_workers,
                       collate_fn=collate, generator=torch.Generator().manual_seed(seed))

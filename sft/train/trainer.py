@@ -44,21 +44,23 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.config.schema import RunConfig
 from sft.data.collate import to_device
-from sft.data.features import sequence_lengths
+from sft.data.packing import check_isolation
 from sft.errors import DataError, TrainingError
 from sft.parallel.device import autocast, autocast_dtype, pad_multiple
 from sft.parallel.strategies import SingleProcess
 from sft.tasks.base import Task
-from sft.tracking.sinks import Sinks
+from sft.tracking.sinks import JsonlSink, Sinks
 from sft.train import checkpoint
 from sft.train.evaluation import evaluate
 from sft.train.interrupt import StopOnSignals, TrainingInterrupted
 from sft.train.meter import Meter
 from sft.train.optim import build_optimizer, build_scheduler
-from sft.train.sampling import ExampleBatches, epoch_seed, make_loader
+from sft.train.sampling import batch_plan, epoch_seed, make_loader
 from sft.train.seeding import rng_state, set_rng_state
 
 log = logging.getLogger("sft")
+
+SAMPLES_LOG = "samples.jsonl"  # generations at each evaluation (generative tasks)
 
 
 def check_finite(loss: float, step: int) -> None:
@@ -80,9 +82,10 @@ class Trainer:
         # what forward/backward run through: compiled and/or wrapped by the strategy
         self.wrapped = strategy.wrap(torch.compile(model) if run.hardware.compile else model)
         t, world = run.trainer, strategy.world
-        lengths = sequence_lengths(features["train"]) if t.group_by_length else None
-        self.batches = ExampleBatches(len(features["train"]), t.batch_size, run.seed,
-                                      world.rank, world.size, lengths)
+        self.batches = batch_plan(t, run.data.max_length, run.seed, features["train"],
+                                  world.rank, world.size)
+        if t.batching == "packed":  # refuse to train when packed documents would leak
+            check_isolation(self.model, self.device)
         self.steps_per_epoch = max(1, math.ceil(self.batches.per_epoch / t.grad_accum))
         self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
         self.eval_every = t.eval_steps or self.steps_per_epoch
@@ -95,6 +98,7 @@ class Trainer:
         self.best: dict[str, Any] = {"value": None, "step": None, "metrics": {}}
         self.bad_evals = 0
         self.meter = Meter(self.device)
+        self.samples = JsonlSink(self.out_dir / SAMPLES_LOG, enabled=strategy.is_main)
 
     # -- data ----------------------------------------------------------------------------
     def _steps(self) -> Iterator[list[dict[str, Any]]]:
@@ -105,8 +109,7 @@ class Trainer:
         epoch, step_in_epoch = divmod(self.step, self.steps_per_epoch)
         while True:
             order = self.batches.epoch(epoch)[step_in_epoch * accum:]
-            loader = make_loader(self.features["train"], order,
-                                 lambda columns: self.task.collate(columns, self.pad),
+            loader = make_loader(self.features["train"], order, self._collate,
                                  self.run.data.num_workers, epoch_seed(self.run.seed, epoch))
             step: list[dict[str, Any]] = []
             for batch in loader:
@@ -118,9 +121,17 @@ class Trainer:
                 yield step
             epoch, step_in_epoch = epoch + 1, 0
 
+    def _collate(self, fetched: Any) -> dict[str, Any]:
+        if self.run.trainer.batching == "packed":
+            columns, row_sizes = fetched
+            return self.task.collate_packed(columns, row_sizes, self.pad)
+        return self.task.collate(fetched, self.pad)
+
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         t = self.run.trainer
+        if self.step == 0 and self.run.eval_first:  # the model as loaded: the baseline
+            self._evaluate_and_select()
         stream = self._steps()
         window_start = time.perf_counter()
         self.model.train()
@@ -226,6 +237,9 @@ class Trainer:
                         **metrics})
         log.info("step %d validation %s", self.step,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if self.strategy.is_main:
+            for sample in self.task.samples(self.model):
+                self.samples.log({"step": self.step, **sample})
         value, best = metrics[self.run.metric], self.best["value"]
         improved = best is None or (value > best if self.run.greater_is_better else value < best)
         if improved:
@@ -248,7 +262,7 @@ class Trainer:
             "sampler": {"seed": self.run.seed, "epoch": epoch,
                         "batch": step_in_epoch * self.run.trainer.grad_accum,
                         "examples": len(self.features["train"])},
-            "metrics_offset": self.sinks.jsonl.size(),
+            "metrics_offset": self.sinks.jsonl.size(), "samples_offset": self.samples.size(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(),
         }
@@ -272,6 +286,7 @@ class Trainer:
         state = checkpoint.load_state(folder)
         self.load_state_dict(state)
         self.sinks.jsonl.truncate(state["metrics_offset"])
+        self.samples.truncate(state.get("samples_offset", 0))
 
     def save_checkpoint(self) -> None:
         folder = self.out_dir / checkpoint.CHECKPOINTS

@@ -1,0 +1,193 @@
+"""Instruction / chat tuning of causal LMs: the loss on what the assistant says.
+
+Records (alpaca `instruction`/`input`/`output`, or chat `messages`) are rendered through the
+chat template (the tokenizer's own or task.chat_template, which is then saved with every
+checkpoint and best/), and labels come from the rendered assistant spans (sft.tasks.chat).
+Labels are stored already shifted (labels[i] is the target at position i), so documents can
+be packed side by side without any target crossing into another document.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from sft.config.schema import DataConfig, ModelConfig
+from sft.config.tasks import GenerationConfig, InstructionConfig
+from sft.data.collate import pad_columns
+from sft.data.packing import pack_columns
+from sft.errors import DataError
+from sft.models.loading import load_model
+from sft.tasks.base import IGNORE_INDEX, Counts, Evaluator, Task, cross_entropy_sum
+from sft.tasks.chat import detect_format, render, resolve_template, to_messages, tokenize_with_labels
+from sft.tasks.generation import generate_texts, stop_token_ids
+
+PREVIEW_RECORDS = 3
+
+
+class InstructionEvaluator(Evaluator):
+    """Per-token mean loss over the assistant tokens of the split, and its perplexity."""
+
+    def __init__(self, task: InstructionTask) -> None:
+        super().__init__()
+        self.task = task
+
+    def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
+        self.add_loss(self.task.loss(model, batch), self.task.counts(batch).targets)
+
+    def metrics(self) -> dict[str, float]:
+        mean = self.loss_sum / max(self.loss_targets, 1)
+        return {"perplexity": math.exp(min(mean, 50.0))}
+
+
+class InstructionTask(Task):
+    config_class = InstructionConfig
+    load_best = 'pipeline("text-generation", model="best")'
+    model_inputs = ("input_ids", "attention_mask", "position_ids")
+    drop_reason = "no response token left within data.max_length"
+    eval_batch_tokens = 4096  # x 49k vocabulary (SmolLM2): 0.8 GB of fp32 logits per batch
+    config: InstructionConfig
+
+    def __init__(self, config: InstructionConfig, tokenizer: PreTrainedTokenizerBase,
+                 data: DataConfig) -> None:
+        super().__init__(config, tokenizer, data)
+        # the template used is the tokenizer's from now on: saved with best/ and checkpoints,
+        # and part of the feature cache key
+        tokenizer.chat_template = resolve_template(tokenizer, config.chat_template)
+        if tokenizer.pad_token_id is None:  # GPT-2 and friends: padding is masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
+        self.format = config.format
+        self.sample_dialogs: list[list[dict[str, str]]] = []
+
+    # -- data --------------------------------------------------------------------------
+    def _messages(self, record: dict[str, Any], where: str) -> list[dict[str, str]]:
+        return to_messages(record, self.format, self.config.columns(), self.config.system_prompt,
+                           where=where)
+
+    def prepare_split(self, dataset: Dataset, split: str) -> Dataset:
+        if self.format == "auto":
+            self.format = detect_format(dataset.column_names, self.config.columns())
+        dialogs = [self._messages(record, f"{split} record {i}") for i, record in enumerate(dataset)]
+        if split == "validation":
+            self.sample_dialogs = dialogs[: self.config.num_samples]
+        return dataset
+
+    def featurize(self, rows: dict[str, list]) -> dict[str, list]:
+        features: dict[str, list] = {"input_ids": [], "labels": []}
+        for values in zip(*rows.values(), strict=True):
+            messages = self._messages(dict(zip(rows, values, strict=True)), "record")
+            text, spans = render(self.tokenizer, self.tokenizer.chat_template, messages)
+            tokens = tokenize_with_labels(self.tokenizer, text, spans, self.data.max_length,
+                                          self.config.train_on_prompt)
+            if tokens is not None:  # dropped (and counted by the featurizer) otherwise
+                features["input_ids"].append(tokens[0])
+                features["labels"].append(tokens[1])
+        return features
+
+    def collate(self, columns: dict[str, list], pad_to_multiple_of: int | None) -> dict[str, Any]:
+        columns = {**columns, "attention_mask": [[1] * len(ids) for ids in columns["input_ids"]]}
+        pad = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        return pad_columns(columns, pad, pad_to_multiple_of)
+
+    def collate_packed(self, columns: dict[str, list], row_sizes: list[int],
+                       pad_to_multiple_of: int | None) -> dict[str, Any]:
+        batch: dict[str, Any] = pack_columns(columns, row_sizes, self.tokenizer.pad_token_id,
+                                             pad_to_multiple_of)
+        batch["documents"] = len(columns["input_ids"])
+        batch["real_tokens"] = sum(len(ids) for ids in columns["input_ids"])
+        return batch
+
+    def counts(self, batch: dict[str, Any]) -> Counts:
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        return Counts(examples=batch.get("documents", len(ids)),
+                      tokens=int(mask.sum()) if mask is not None else batch["real_tokens"],
+                      targets=int((batch["labels"] != IGNORE_INDEX).sum()))
+
+    def preview(self, dataset: Dataset) -> str:
+        """The first records as the model sees them, trained tokens between [[ and ]]."""
+        parts = []
+        for row in dataset.select(range(min(PREVIEW_RECORDS, len(dataset)))):
+            ids, labels = row["input_ids"], row["labels"]
+            trained = [False] + [label != IGNORE_INDEX for label in labels[:-1]]
+            text, start = "", 0
+            for i in range(1, len(ids) + 1):  # decode runs of equal trained-ness together
+                if i == len(ids) or trained[i] != trained[start]:
+                    piece = self.tokenizer.decode(ids[start:i])
+                    text += f"[[{piece}]]" if trained[start] else piece
+                    start = i
+            parts.append(text)
+        return "\n\n---\n\n".join(parts) + "\n"
+
+    # -- model -------------------------------------------------------------------------
+    def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
+        model = load_model(AutoModelForCausalLM, model_cfg)
+        # best/ generates as sft does: same stop tokens and length, no 20-token default
+        gen = model.generation_config
+        gen.eos_token_id = stop_token_ids(self.tokenizer)
+        gen.pad_token_id = self.tokenizer.pad_token_id
+        gen.max_new_tokens = self.config.generation.max_new_tokens
+        gen.max_length = None
+        return model
+
+    def forward(self, model: PreTrainedModel, batch: dict[str, Any]) -> Any:
+        # no KV cache while training: with a cache, transformers ignores packed position_ids
+        # and documents attend to each other
+        return model(**{k: v for k, v in batch.items() if k in self.model_inputs}, use_cache=False)
+
+    def loss_sum(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        return cross_entropy_sum(outputs.logits, batch["labels"])
+
+    def evaluator(self) -> InstructionEvaluator:
+        return InstructionEvaluator(self)
+
+    # -- generation --------------------------------------------------------------------
+    def prompt(self, messages: list[dict[str, str]]) -> str:
+        """The rendered conversation up to the model's turn (generation prompt appended)."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def samples(self, model: PreTrainedModel) -> list[dict[str, Any]]:
+        """Greedy generations for the first task.num_samples validation prompts."""
+        if not self.sample_dialogs:
+            return []
+        histories = [d[: max(i for i, m in enumerate(d) if m["role"] == "assistant")]
+                     for d in self.sample_dialogs]
+        results = generate_texts(model, self.tokenizer, [self.prompt(h) for h in histories],
+                                 self.config.generation)
+        return [{"prompt": h[-1]["content"], "reference": d[len(h)]["content"],
+                 "generation": r["generation"]}
+                for h, d, r in zip(histories, self.sample_dialogs, results, strict=True)]
+
+    def prediction_messages(self, record: dict[str, Any], where: str) -> list[dict[str, str]]:
+        """The conversation to continue: `messages` (a trailing assistant turn is dropped),
+        alpaca fields (output not needed), or a plain `prompt` / `text`."""
+        c = self.config
+        if isinstance(record.get(c.messages_column), list):
+            messages = list(record[c.messages_column])
+            if messages and messages[-1].get("role") == "assistant":
+                messages = messages[:-1]
+            if not messages:
+                raise DataError(f"{where}: '{c.messages_column}' has no turn to answer")
+            return messages
+        if c.instruction_column in record:
+            text = record[c.instruction_column]
+            if record.get(c.input_column):
+                text += "\n\n" + record[c.input_column]
+        elif isinstance(record.get("prompt", record.get("text")), str):
+            text = record.get("prompt", record.get("text"))
+        else:
+            raise DataError(f"{where} has none of '{c.messages_column}', '{c.instruction_column}', "
+                            "'prompt' or 'text'; give each record one of them")
+        system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
+        return [*system, {"role": "user", "content": text}]
+
+    def predict(self, model: PreTrainedModel, records: list[dict[str, Any]], batch_size: int,
+                generation: GenerationConfig | None = None) -> list[dict[str, Any]]:
+        prompts = [self.prompt(self.prediction_messages(r, f"record {i}"))
+                   for i, r in enumerate(records)]
+        return generate_texts(model, self.tokenizer, prompts, generation or self.config.generation,
+                              batch_size)
