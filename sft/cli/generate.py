@@ -47,7 +47,7 @@ def run(args: list[str]) -> int:
     generation.validate()
     results = task.predict(model, records, ns.batch_size, generation)
     if ns.output is None:
-        console.print(results[0]["generation"], highlight=False, markup=False)
+        print(results[0]["generation"])  # stdout, so it pipes; the log goes to stderr
         return 0
     ns.output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(ns.output, "".join(

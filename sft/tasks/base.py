@@ -38,6 +38,7 @@ class Counts:
     examples: int
     tokens: int  # real (non-padding) input tokens
     targets: int  # terms in the loss sum: examples, labelled tokens, ...
+    positions: int = 0  # input positions the model computes, padding included
 
 
 class Evaluator:
@@ -134,7 +135,7 @@ class Task:
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         tokens = int(mask.sum()) if mask is not None else ids.numel()
-        return Counts(examples=len(ids), tokens=tokens, targets=len(ids))
+        return Counts(examples=len(ids), tokens=tokens, targets=len(ids), positions=ids.numel())
 
     # -- model -------------------------------------------------------------------------
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:

@@ -18,7 +18,8 @@ class Totals:
     loss: float = 0.0  # summed per-target losses
     targets: int = 0
     examples: int = 0
-    tokens: int = 0
+    tokens: int = 0  # real input tokens
+    positions: int = 0  # input positions computed, padding included
     steps: int = 0
     seconds: float = 0.0
 
@@ -36,19 +37,22 @@ class Meter:
     def __post_init__(self) -> None:
         self.window_loss = torch.zeros((), device=self.device)
 
-    def add_step(self, loss_sum: torch.Tensor, examples: int, tokens: int, targets: int) -> None:
+    def add_step(self, loss_sum: torch.Tensor, examples: int, tokens: int, targets: int,
+                 positions: int = 0) -> None:
         """One optimizer step: `loss_sum` this rank's, the counts over all ranks."""
         self.window_loss += loss_sum
         self.window.examples += examples
         self.window.tokens += tokens
         self.window.targets += targets
+        self.window.positions += positions
         self.window.steps += 1
 
     def close_window(self, global_loss_sum: float, seconds: float) -> dict[str, float]:
         """Fold the window into the run totals; returns its mean loss and throughput."""
         self.window.loss, self.window.seconds = global_loss_sum, seconds
         result = {"loss": global_loss_sum / max(1, self.window.targets),
-                  "samples_per_s": self.window.examples / max(seconds, 1e-9)}
+                  "samples_per_s": self.window.examples / max(seconds, 1e-9),
+                  "tokens_per_s": self.window.tokens / max(seconds, 1e-9)}
         self.run.add(self.window)
         self.window = Totals()
         self.window_loss.zero_()
@@ -59,7 +63,11 @@ class Meter:
         return {"train/loss": r.loss / max(1, r.targets), "train/samples": r.examples,
                 "train/runtime_s": round(r.seconds, 3),
                 "train/samples_per_s": r.examples / max(r.seconds, 1e-9),
-                "train/tokens_per_s": r.tokens / max(r.seconds, 1e-9)}
+                "train/tokens_per_s": r.tokens / max(r.seconds, 1e-9),
+                # trained tokens (loss targets) and the share of computed positions that are
+                # padding: what packing and length grouping change
+                "train/targets_per_s": r.targets / max(r.seconds, 1e-9),
+                "train/padding_fraction": 1 - r.tokens / r.positions if r.positions else 0.0}
 
     def state_dict(self) -> dict[str, Any]:
         return {"run": asdict(self.run), "window": asdict(self.window),

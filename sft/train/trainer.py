@@ -170,8 +170,9 @@ class Trainer:
         """One optimizer update over the step's micro-batches, the loss normalized by the
         number of targets of the whole step on every rank."""
         counts = [self.task.counts(batch) for batch in micro_batches]
-        examples, tokens, targets = self.strategy.sum_counts(
-            [sum(getattr(c, key) for c in counts) for key in ("examples", "tokens", "targets")])
+        examples, tokens, targets, positions = self.strategy.sum_counts(
+            [sum(getattr(c, key) for c in counts)
+             for key in ("examples", "tokens", "targets", "positions")])
         # per-target mean over the step; DDP averages gradients over ranks, so scale by size
         per_rank_targets = max(targets, 1) / self.strategy.world.size
         step_loss = torch.zeros((), device=self.device)
@@ -181,7 +182,7 @@ class Trainer:
                     loss_sum = self.task.loss(self.wrapped, to_device(batch, self.device))
                 self.scaler.scale(loss_sum / per_rank_targets).backward()
             step_loss += loss_sum.detach()
-        self.meter.add_step(step_loss, examples, tokens, targets)
+        self.meter.add_step(step_loss, examples, tokens, targets, positions)
         self._optimizer_step()
 
     def _optimizer_step(self) -> None:
