@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # fresh processes: ~1
 SCRIPT = REPO / "scripts" / "bench_instruction.py"
 TRL_CASES = ["TRL defaults", "TRL packing"]
 SFT_CASES = ["sft padded", "sft packed"]
-RUN_SFT_CASES = False  # True once `sft train task=instruction model=smollm2` exists
+RUN_SFT_CASES = True
 CASES = TRL_CASES + (SFT_CASES if RUN_SFT_CASES else [])
 
 

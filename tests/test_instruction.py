@@ -214,3 +214,26 @@ def test_smollm2_lowers_its_validation_loss_on_alpaca(data_dir: Path, cache_dir:
                  "--max-new-tokens", "12"]) == 0
     answer = capsys.readouterr().out.lower()
     assert any(colour in answer for colour in ("red", "blue", "yellow")), answer
+
+
+# -- the batch plans: every document once an epoch, the same number of steps every epoch ---
+def test_token_and_packed_batches_cover_each_document_once_within_their_budgets() -> None:
+    from sft.train.sampling import PackedBatches, TokenBatches
+
+    lengths = [int(x) for x in torch.randint(5, 120, (500,), generator=torch.Generator().manual_seed(0))]
+    tokens = TokenBatches(lengths, budget=512, seed=1, world_size=1)
+    packed = PackedBatches(lengths, row_tokens=128, rows=4, seed=1)
+    for epoch in range(3):
+        batches = tokens.epoch(epoch)
+        assert len(batches) == tokens.per_epoch
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert all(len(b) * max(lengths[i] for i in b) <= 512 for b in batches)
+        rows = [row for batch in packed.epoch(epoch) for row in batch]
+        assert len(packed.epoch(epoch)) == packed.per_epoch
+        assert sorted(i for row in rows for i in row) == list(range(500))
+        assert all(sum(lengths[i] for i in row) <= 128 for row in rows)
+        assert all(len(batch) <= 4 for batch in packed.epoch(epoch))
+    assert tokens.epoch(0) != tokens.epoch(1)  # shuffled per epoch
+    assert packed.epoch(0) != packed.epoch(1)
+    halves = [TokenBatches(lengths, 512, 1, rank, 2).epoch(0) for rank in (0, 1)]
+    assert not {i for b in halves[0] for i in b} & {i for b in halves[1] for i in b}

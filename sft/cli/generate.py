@@ -4,14 +4,12 @@ generative run's best/ model, through the chat template it was trained with."""
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from sft.cli.console import console
-from sft.cli.predict import read_records
+from sft.cli.predict import read_records, write_records
 from sft.errors import ConfigError, SftError
-from sft.files import write_text_atomic
 from sft.run.runner import load_finished
 
 
@@ -49,9 +47,6 @@ def run(args: list[str]) -> int:
     if ns.output is None:
         print(results[0]["generation"])  # stdout, so it pipes; the log goes to stderr
         return 0
-    ns.output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(ns.output, "".join(
-        json.dumps({**record, **result}, ensure_ascii=False) + "\n"
-        for record, result in zip(records, results, strict=True)))
+    write_records(ns.output, records, results)
     console.print(f"wrote {len(results)} generations to {ns.output}")
     return 0

@@ -44,9 +44,13 @@ def run(args: list[str]) -> int:
         raise SftError(f"{ns.input} holds no records")
     _, prepared, model = load_finished(ns.run_dir)
     predictions = prepared.task.predict(model, records, ns.batch_size)
-    ns.output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(ns.output, "".join(
-        json.dumps({**record, **prediction}, ensure_ascii=False) + "\n"
-        for record, prediction in zip(records, predictions, strict=True)))
+    write_records(ns.output, records, predictions)
     console.print(f"wrote {len(predictions)} predictions to {ns.output}")
     return 0
+
+
+def write_records(path: Path, records: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """jsonl: each input record with its result's fields added (written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps({**record, **result}, ensure_ascii=False) + "\n"
+                                    for record, result in zip(records, results, strict=True)))
