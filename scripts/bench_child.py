@@ -76,11 +76,28 @@ def run_sft(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def step_clock() -> tuple[Any, dict[str, float]]:
+    """An HF Trainer callback that times training from its start to the last step's end
+    (evaluation and saving after it excluded), and the dict it writes "start"/"end" into."""
+    from transformers import TrainerCallback
+
+    clock: dict[str, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            clock["start"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            clock["end"] = time.perf_counter()
+
+    return Clock(), clock
+
+
 def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     """transformers.Trainer on the same features, model init, schedule and optimizer."""
     import numpy as np
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from sft.data.features import sequence_lengths
     from sft.run.runner import prepare
@@ -112,14 +129,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
             counted["tokens"] += int(inputs["attention_mask"].sum())
             return super().training_step(model, inputs, *args, **kwargs)
 
-    clock: dict[str, float] = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            clock["start"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            clock["end"] = time.perf_counter()
+    timer, clock = step_clock()
 
     def accuracy(pred: Any) -> dict[str, float]:
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
@@ -136,7 +146,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
             logging_steps=run.trainer.log_steps, report_to="none", disable_tqdm=True,
         )
         trainer = CountingTrainer(model=model, args=args, train_dataset=train, eval_dataset=valid,
-                          data_collator=collate, compute_metrics=accuracy, callbacks=[Clock()])
+                          data_collator=collate, compute_metrics=accuracy, callbacks=[timer])
         trainer.train()
         seconds = clock["end"] - clock["start"]
         samples, tokens = counted["samples"], counted["tokens"]

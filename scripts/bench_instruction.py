@@ -520,7 +520,8 @@ def trl_dataset(data_dir: str, split: str) -> Any:
 
 def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from bench_child import step_clock
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(spec["threads"])
@@ -543,14 +544,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
             counted["targets"] += int((inputs["labels"][:, 1:] != -100).sum())  # next-token targets
             return super().training_step(model, inputs, *args, **kwargs)
 
-    clock: dict[str, float] = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            clock["start"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            clock["end"] = time.perf_counter()
+    timer, clock = step_clock()
 
     options: dict[str, Any] = {"packing": spec["packing"]}
     if spec["gradient_checkpointing"] is not None:
@@ -563,7 +557,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
         disable_tqdm=True, **options)
     trainer = CountingSFTTrainer(model=spec["model_dir"], args=config, processing_class=tokenizer,
-                                 train_dataset=trl_dataset(spec["data_dir"], "train"), callbacks=[Clock()])
+                                 train_dataset=trl_dataset(spec["data_dir"], "train"), callbacks=[timer])
     trainer.train()
     seconds = clock["end"] - clock["start"]
     rss = peak_rss_mb()  # before saving: the training's peak

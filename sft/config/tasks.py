@@ -164,11 +164,10 @@ class InstructionConfig(TaskConfig):
         self.generation.validate()
 
 
+# keyed by each schema's own `type` default, the one place a family's type name is written
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
-    "classification": ClassificationConfig,
-    "token_classification": TokenClassificationConfig,
-    "qa": QuestionAnsweringConfig,
-    "instruction": InstructionConfig,
+    schema.type: schema for schema in (ClassificationConfig, TokenClassificationConfig,
+                                       QuestionAnsweringConfig, InstructionConfig)
 }
 
 

@@ -12,11 +12,10 @@ from sft.tasks.instruction import InstructionTask
 from sft.tasks.question_answering import QuestionAnsweringTask
 from sft.tasks.token_classification import TokenClassificationTask
 
+# keyed by the `type` of each plug-in's config schema (sft.config.tasks.TASK_SCHEMAS)
 TASKS: dict[str, type[Task]] = {
-    "classification": ClassificationTask,
-    "token_classification": TokenClassificationTask,
-    "qa": QuestionAnsweringTask,
-    "instruction": InstructionTask,
+    plugin.config_class.type: plugin for plugin in (ClassificationTask, TokenClassificationTask,
+                                                    QuestionAnsweringTask, InstructionTask)
 }
 
 

@@ -23,7 +23,14 @@ from sft.data.packing import pack_columns
 from sft.errors import DataError
 from sft.models.loading import load_model
 from sft.tasks.base import IGNORE_INDEX, Counts, Evaluator, Task, cross_entropy_sum
-from sft.tasks.chat import detect_format, render, resolve_template, to_messages, tokenize_with_labels
+from sft.tasks.chat import (
+    detect_format,
+    prompt_text,
+    render,
+    resolve_template,
+    to_messages,
+    tokenize_with_labels,
+)
 from sft.tasks.generation import generate_texts, stop_token_ids
 
 PREVIEW_RECORDS = 3
@@ -173,39 +180,38 @@ class InstructionTask(Task):
                                                   add_generation_prompt=True)
 
     def samples(self, model: PreTrainedModel) -> list[dict[str, Any]]:
-        """Greedy generations for the first task.num_samples validation prompts."""
+        """Greedy generations for the first task.num_samples validation prompts: each
+        conversation up to its last assistant turn, which is the reference."""
         if not self.sample_dialogs:
             return []
-        histories = [d[: max(i for i, m in enumerate(d) if m["role"] == "assistant")]
-                     for d in self.sample_dialogs]
-        results = generate_texts(model, self.tokenizer, [self.prompt(h) for h in histories],
-                                 self.config.generation)
-        return [{"prompt": h[-1]["content"], "reference": d[len(h)]["content"],
-                 "generation": r["generation"]}
-                for h, d, r in zip(histories, self.sample_dialogs, results, strict=True)]
+        prompts = [prompt_text(self.tokenizer, self.tokenizer.chat_template, d)
+                   for d in self.sample_dialogs]
+        results = generate_texts(model, self.tokenizer, prompts, self.config.generation)
+        samples = []
+        for dialog, result in zip(self.sample_dialogs, results, strict=True):
+            last = max(i for i, m in enumerate(dialog) if m["role"] == "assistant")
+            samples.append({"prompt": dialog[last - 1]["content"],
+                            "reference": dialog[last]["content"],
+                            "generation": result["generation"]})
+        return samples
 
     def prediction_messages(self, record: dict[str, Any], where: str) -> list[dict[str, str]]:
-        """The conversation to continue: `messages` (a trailing assistant turn is dropped),
-        alpaca fields (output not needed), or a plain `prompt` / `text`."""
+        """The conversation to continue, read as training reads it (sft.tasks.chat) but with
+        no response needed: `messages` (a trailing assistant turn is dropped), alpaca fields,
+        or a plain `prompt` / `text` taken as the instruction."""
         c = self.config
         if isinstance(record.get(c.messages_column), list):
-            messages = list(record[c.messages_column])
-            if messages and messages[-1].get("role") == "assistant":
-                messages = messages[:-1]
-            if not messages:
-                raise DataError(f"{where}: '{c.messages_column}' has no turn to answer")
-            return messages
-        if c.instruction_column in record:
-            text = record[c.instruction_column]
-            if record.get(c.input_column):
-                text += "\n\n" + record[c.input_column]
+            fmt = "messages"
+        elif c.instruction_column in record:
+            fmt = "alpaca"
         elif isinstance(record.get("prompt", record.get("text")), str):
-            text = record.get("prompt", record.get("text"))
+            fmt, record = "alpaca", {c.instruction_column: record.get("prompt", record.get("text"))}
         else:
             raise DataError(f"{where} has none of '{c.messages_column}', '{c.instruction_column}', "
                             "'prompt' or 'text'; give each record one of them")
-        system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
-        return [*system, {"role": "user", "content": text}]
+        messages = to_messages(record, fmt, c.columns(), c.system_prompt, where=where,
+                               require_assistant=False)
+        return messages[:-1] if messages[-1]["role"] == "assistant" else messages
 
     def predict(self, model: PreTrainedModel, records: list[dict[str, Any]], batch_size: int,
                 generation: GenerationConfig | None = None) -> list[dict[str, Any]]:

@@ -71,23 +71,40 @@ class ExampleBatches:
                              self.world_size, self.lengths)
 
 
-class TokenBatches:
+class _ByLength:
+    """The frame of token and packed batches: documents shuffled per epoch, planned by length
+    into units whose number depends only on the lengths (so every epoch has the same number
+    of steps), the units shuffled, grouped into micro-batches and shared out across ranks."""
+
+    def __init__(self, lengths: Sequence[int], seed: int, rank: int, world_size: int) -> None:
+        self.lengths, self.seed, self.rank, self.world_size = lengths, seed, rank, world_size
+        self.per_epoch = len(self.epoch(0))
+
+    def _plan(self, order: list[int]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _batches(self, units: list[list[int]]) -> list:
+        return units
+
+    def epoch(self, epoch: int) -> list:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        units = self._plan(order)
+        units = [units[i] for i in torch.randperm(len(units), generator=generator)]
+        return for_rank(self._batches(units), self.rank, self.world_size)
+
+
+class TokenBatches(_ByLength):
     """`trainer.batching=tokens`: micro-batches of similar lengths holding at most `budget`
-    padded tokens each. Documents are sorted by length (ties in a shuffled order), so the
-    number of batches is the same every epoch; the batch order is shuffled per epoch."""
+    padded tokens each. Documents are sorted by length (ties in the shuffled order)."""
 
     def __init__(self, lengths: Sequence[int], budget: int, seed: int, rank: int = 0,
                  world_size: int = 1) -> None:
-        self.lengths, self.budget, self.seed = lengths, budget, seed
-        self.rank, self.world_size = rank, world_size
-        self.per_epoch = len(self.epoch(0))
+        self.budget = budget
+        super().__init__(lengths, seed, rank, world_size)
 
-    def epoch(self, epoch: int) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        batches = cut_by_tokens(order, self.lengths, self.budget)
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-        return for_rank(batches, self.rank, self.world_size)
+    def _plan(self, order: list[int]) -> list[list[int]]:
+        return cut_by_tokens(order, self.lengths, self.budget)
 
 
 def cut_by_tokens(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -102,25 +119,21 @@ def cut_by_tokens(order: Sequence[int], lengths: Sequence[int], budget: int) -> 
     return batches
 
 
-class PackedBatches:
+class PackedBatches(_ByLength):
     """`trainer.batching=packed`: documents best-fit into rows of `row_tokens` tokens (no
     padding inside a row), `rows` rows per micro-batch; each item is a list of rows, each
-    row a list of document indices. The number of rows depends only on the lengths, so
-    every epoch has the same number of steps."""
+    row a list of document indices."""
 
     def __init__(self, lengths: Sequence[int], row_tokens: int, rows: int, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
-        self.lengths, self.row_tokens, self.rows, self.seed = lengths, row_tokens, rows, seed
-        self.rank, self.world_size = rank, world_size
-        self.per_epoch = len(self.epoch(0))
+        self.row_tokens, self.rows = row_tokens, rows
+        super().__init__(lengths, seed, rank, world_size)
 
-    def epoch(self, epoch: int) -> list[list[list[int]]]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        packed = plan_rows(self.lengths, order, self.row_tokens)
-        packed = [packed[i] for i in torch.randperm(len(packed), generator=generator)]
-        batches = [packed[i : i + self.rows] for i in range(0, len(packed), self.rows)]
-        return for_rank(batches, self.rank, self.world_size)
+    def _plan(self, order: list[int]) -> list[list[int]]:
+        return plan_rows(self.lengths, order, self.row_tokens)
+
+    def _batches(self, units: list[list[int]]) -> list[list[list[int]]]:
+        return [units[i : i + self.rows] for i in range(0, len(units), self.rows)]
 
 
 Batches = ExampleBatches | TokenBatches | PackedBatches
