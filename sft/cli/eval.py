@@ -7,7 +7,7 @@ import json
 
 from rich.table import Table
 
-from sft.cli.console import console
+from sft.cli.console import console, quiet_progress_bars
 from sft.config.compose import value, without
 from sft.parallel.device import autocast_dtype
 from sft.run.runner import load_finished
@@ -20,6 +20,7 @@ def run(args: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="split=NAME and config overrides")
     ns = parser.parse_args(args)
     split = value(ns.overrides, "split") or "validation"
+    quiet_progress_bars()  # one error or result line, no loading bars
     config, prepared, model = load_finished(ns.run_dir, without(ns.overrides, "split"), (split,))
     metrics = evaluate(prepared.task, model, prepared.features[split], config,
                        autocast_dtype(config.hardware, model.device))

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from sft.cli.console import console
+from sft.cli.console import console, quiet_progress_bars
 from sft.cli.predict import read_records, write_records
 from sft.errors import ConfigError, SftError
 from sft.run.runner import load_finished
@@ -31,9 +31,10 @@ def run(args: list[str]) -> int:
     records = [{"prompt": ns.prompt}] if ns.prompt is not None else read_records(ns.input)
     if not records:
         raise SftError(f"{ns.input} holds no records")
+    quiet_progress_bars()  # one error or result line, no loading bars
     run_config, prepared, model = load_finished(ns.run_dir)
     task = prepared.task
-    if not hasattr(task, "config") or not hasattr(task.config, "generation"):
+    if not hasattr(task.config, "generation"):
         raise ConfigError(f"{ns.run_dir} is a {run_config.task.type} run; sft generate takes "
                           "generative runs (task=instruction, ...); use sft predict")
     generation = task.config.generation

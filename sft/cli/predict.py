@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sft.cli.console import console
+from sft.cli.console import console, quiet_progress_bars
 from sft.errors import SftError
 from sft.files import write_text_atomic
 from sft.run.runner import load_finished
@@ -42,6 +42,7 @@ def run(args: list[str]) -> int:
     records = read_records(ns.input)
     if not records:
         raise SftError(f"{ns.input} holds no records")
+    quiet_progress_bars()  # one error or result line, no loading bars
     _, prepared, model = load_finished(ns.run_dir)
     predictions = prepared.task.predict(model, records, ns.batch_size)
     write_records(ns.output, records, predictions)
