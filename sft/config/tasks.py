@@ -164,10 +164,92 @@ class InstructionConfig(TaskConfig):
         self.generation.validate()
 
 
+# language codes -> names, for prompts and T5 prefixes ("translate English to German: ")
+LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
+             "ro": "Romanian", "cs": "Czech", "ru": "Russian", "zh": "Chinese", "ja": "Japanese"}
+
+
+@dataclass(frozen=True)
+class TextToTextConfig(TaskConfig):
+    """A source text in, a target text out (summarization, translation), on encoder-decoders
+    (the source, after source_prefix) and on causal LMs (the source inside `prompt`, as a
+    chat turn; the loss on the target only); scored on generated text."""
+
+    BATCHINGS: ClassVar[tuple[str, ...]] = ("examples", "tokens", "packed")  # packed: causal LMs
+    EVAL_FIRST: ClassVar[bool] = True  # the step-0 score is the zero-shot baseline
+    COMMON_METRICS: ClassVar[dict[str, bool]] = {"gen_len": False, "max_new_tokens_hit": False}
+    T5_PREFIX: ClassVar[str] = ""
+
+    source_column: str = "source"
+    target_column: str = "target"
+    # further reference columns (DialogSum test: summary1..3); a record's references are its
+    # target and these, and a prediction scores the max over them
+    reference_columns: list[str] = field(default_factory=list)
+    max_target_length: int = 128  # target tokens trained on (longer targets are cut)
+    # encoder-decoders: put before every source; null: the task's T5 prefix for T5-family
+    # models ("summarize: "), nothing for others
+    source_prefix: str | None = None
+    # causal LMs: the user turn, {source} replaced by the source text (also {source_language}
+    # and {target_language}); null refuses a causal LM
+    prompt: str | None = None
+    system_prompt: str | None = None
+    chat_template: str | None = None  # causal LMs without one: chatml | alpaca | zephyr | Jinja
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def metrics(self) -> dict[str, bool]:
+        return {**super().metrics(), **self.COMMON_METRICS}
+
+    def names(self) -> dict[str, str]:
+        """What a prompt or prefix may name besides the source."""
+        return {}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_target_length < 1:
+            raise ConfigError(f"task.max_target_length must be >= 1, got {self.max_target_length}")
+        if self.prompt is not None and "{source}" not in self.prompt:
+            raise ConfigError("task.prompt must contain {source} (where the source text goes)")
+        self.generation.validate()
+
+
+@dataclass(frozen=True)
+class SummarizationConfig(TextToTextConfig):
+    METRICS: ClassVar[dict[str, bool]] = {"rouge1": True, "rouge2": True, "rougeL": True,
+                                          "rougeLsum": True}
+    T5_PREFIX: ClassVar[str] = "summarize: "
+
+    type: str = "summarization"
+    metric: str = "rougeL"
+
+
+@dataclass(frozen=True)
+class TranslationConfig(TextToTextConfig):
+    METRICS: ClassVar[dict[str, bool]] = {"bleu": True, "chrf": True}
+    T5_PREFIX: ClassVar[str] = "translate {source_language} to {target_language}: "
+
+    type: str = "translation"
+    source_lang: str = "en"
+    target_lang: str = "de"
+    # records {"translation": {"en": ..., "de": ...}} (wmt style); records without that
+    # column are read from flat columns named by the language codes
+    translation_column: str | None = "translation"
+    metric: str = "bleu"
+
+    def names(self) -> dict[str, str]:
+        return {"source_language": LANGUAGES.get(self.source_lang, self.source_lang),
+                "target_language": LANGUAGES.get(self.target_lang, self.target_lang)}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.source_lang == self.target_lang:
+            raise ConfigError(f"task.source_lang and task.target_lang are both '{self.source_lang}'")
+
+
 # keyed by each schema's own `type` default, the one place a family's type name is written
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     schema.type: schema for schema in (ClassificationConfig, TokenClassificationConfig,
-                                       QuestionAnsweringConfig, InstructionConfig)
+                                       QuestionAnsweringConfig, InstructionConfig,
+                                       SummarizationConfig, TranslationConfig)
 }
 
 

@@ -107,6 +107,8 @@ def _check_values(run: RunConfig) -> None:
            f"hardware.num_threads must be >= 1 or null, got {h.num_threads}")
     _check(m.init in {"pretrained", "random"},
            f"model.init must be 'pretrained' or 'random', got '{m.init}'")
+    _check(m.architecture is None or m.init == "random",
+           f"model.architecture={m.architecture} builds a new model; it needs model.init=random")
     _check(m.freeze_layers >= 0, f"model.freeze_layers must be >= 0, got {m.freeze_layers}")
     for group, node in (("optimizer", run.optimizer), ("scheduler", run.scheduler)):
         _check("_target_" in node, f"{group} has no _target_; choose one with {group}=<name>")

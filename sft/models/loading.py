@@ -5,7 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    EncoderDecoderConfig,
+    EncoderDecoderModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from sft.config.schema import ModelConfig
 from sft.errors import ModelError
@@ -91,15 +103,50 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return _load("tokenizer", cfg, AutoTokenizer.from_pretrained)
 
 
+def model_config(cfg: ModelConfig, **config_kwargs: Any) -> PretrainedConfig:
+    """The config the model is built with (no weights loaded)."""
+    overrides = {**cfg.config_overrides, **config_kwargs}
+    if cfg.architecture:
+        try:
+            return AutoConfig.for_model(cfg.architecture, **overrides)
+        except ValueError as err:
+            raise ModelError(f"model.architecture '{cfg.architecture}' is not a transformers "
+                             "model type (e.g. t5, bart, llama, bert)") from err
+    config = _load("config", cfg, AutoConfig.from_pretrained, **overrides)
+    if cfg.encoder_decoder:  # bert2bert: the decoder is the encoder's architecture + cross-attn
+        decoder = config.__class__(**{**config.to_dict(), "is_decoder": True,
+                                      "add_cross_attention": True})
+        config = EncoderDecoderConfig.from_encoder_decoder_configs(config, decoder)
+    return config
+
+
+ENCODER_DECODER, DECODER_ONLY, ENCODER_ONLY = "encoder-decoder", "decoder-only", "encoder-only"
+
+
+def model_kind(cfg: ModelConfig) -> str:
+    """encoder-decoder (T5, BART, Marian, bert2bert), decoder-only (causal LMs) or
+    encoder-only (BERT-style; transformers lists BERT as a causal LM too, but as a masked LM
+    first), read from the model's config alone."""
+    config = model_config(cfg)
+    if config.is_encoder_decoder:
+        return ENCODER_DECODER
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return DECODER_ONLY if causal and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES \
+        else ENCODER_ONLY
+
+
 def load_model(auto_class: Any, cfg: ModelConfig, **config_kwargs: Any) -> PreTrainedModel:
-    """Pretrained weights, or a random init of the same architecture (model.init=random)."""
+    """Pretrained weights, or a random init of the same architecture (model.init=random);
+    model.encoder_decoder warm-starts an EncoderDecoderModel from an encoder checkpoint."""
     kernel = {} if cfg.attn_implementation is None else {
         "attn_implementation": cfg.attn_implementation}
     try:
         if cfg.init == "random":
-            config = _load("config", cfg, AutoConfig.from_pretrained,
-                           **{**cfg.config_overrides, **config_kwargs})
+            config = model_config(cfg, **config_kwargs)
             model = auto_class.from_config(config, **kernel)
+        elif cfg.encoder_decoder:
+            model = _load("model", cfg, lambda source, revision: EncoderDecoderModel
+                          .from_encoder_decoder_pretrained(source, source, **kernel))
         else:
             model = _load("model", cfg, auto_class.from_pretrained,
                           **{**cfg.config_overrides, **config_kwargs}, **kernel)

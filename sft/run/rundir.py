@@ -14,6 +14,7 @@ from sft.config.compose import CONFIG_FILE
 from sft.config.schema import RunConfig
 from sft.files import write_text_atomic
 from sft.tasks import task_class
+from sft.tasks.text2text import CAPPED_WARNING
 from sft.tracking.sinks import JsonlSink
 from sft.train.checkpoint import BEST, CHECKPOINTS
 
@@ -71,9 +72,18 @@ class RunDir:
             f"- data: {data}\n- seed: {run.seed}\n"
             f"- best model: `best/` (transformers: `{_load_best(run)}`; "
             f"`sft predict {self.path} --input in.jsonl --output out.jsonl`)\n\n"
-            f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+            f"{_warnings(metrics)}## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
             f"## Reproduce\n\n```\n{command}\nsft reproduce {self.path}\n```\n"
         )
+
+
+def _warnings(metrics: dict[str, Any]) -> str:
+    """What a reader must see before the scores (generations cut at max_new_tokens)."""
+    lines = [f"- **{100 * v:.0f}% of the {k.split('/')[0]} generations hit "
+             "task.generation.max_new_tokens**: they were cut short; raise it before trusting "
+             "the scores\n" for k, v in metrics.items()
+             if k.endswith("/max_new_tokens_hit") and v > CAPPED_WARNING]
+    return f"## Warnings\n\n{''.join(lines)}\n" if lines else ""
 
 
 def _load_best(run: RunConfig) -> str:

@@ -51,7 +51,7 @@ def prepare(run: RunConfig, splits: tuple[str, ...] | None = None) -> Prepared:
     """Tokenizer, task plug-in and cached features of the requested splits (all if None,
     no data at all if empty)."""
     tokenizer = load_tokenizer(run.model)
-    task = build_task(run.task, tokenizer, run.data)
+    task = build_task(run.task, tokenizer, run.data, run.model)
     if splits == ():
         return Prepared(task, tokenizer, DatasetDict())
     raw = load_splits(task, run.data)
@@ -173,7 +173,8 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
     if not best.is_dir():
         raise SftError(f"{best} not found; the run has not finished an evaluation yet")
     run = replace(run, model=replace(run.model, name_or_path=str(best), init="pretrained",
-                                     config_overrides={}, freeze_layers=0,
+                                     config_overrides={}, architecture=None,
+                                     encoder_decoder=False, freeze_layers=0,
                                      freeze_embeddings=False, gguf_file=None))
     prepared = prepare(run, splits)
     model = prepared.task.build_model(run.model)

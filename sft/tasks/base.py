@@ -18,9 +18,10 @@ model outputs into metrics and predictions. The trainer knows nothing else about
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 import torch
 from datasets import Dataset
@@ -53,6 +54,18 @@ class Evaluator:
     def __init__(self) -> None:
         self.loss_sum = 0.0
         self.loss_targets = 0
+        self.records: TextIO | None = None  # per-example outputs (see write_to)
+
+    def write_to(self, path: Path | None) -> None:
+        """Stream per-example records (generative tasks: source, references, prediction) to
+        `path` as jsonl while evaluating; None writes nothing."""
+        if self.records is not None:
+            self.records.close()
+        self.records = open(path, "w") if path is not None else None  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.records is not None:
+            self.records.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def add_loss(self, loss_sum: torch.Tensor, targets: int) -> None:
         self.loss_sum += float(loss_sum)
@@ -97,10 +110,19 @@ class Task:
     # examples); language models set it, since their logits are tokens x vocabulary
     eval_batch_tokens: ClassVar[int | None] = None
 
-    def __init__(self, config: TaskConfig, tokenizer: PreTrainedTokenizerBase, data: DataConfig):
+    def __init__(self, config: TaskConfig, tokenizer: PreTrainedTokenizerBase, data: DataConfig,
+                 model: ModelConfig | None = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.data = data
+
+    def batchings(self) -> tuple[str, ...]:
+        """The trainer.batching values this task takes with this model."""
+        return self.config.BATCHINGS
+
+    def signatures(self) -> dict[str, str]:
+        """How the metrics were computed, for metrics.json (e.g. sacreBLEU's signature)."""
+        return {}
 
     # -- data --------------------------------------------------------------------------
     def read_file(self, path: Path, split: str) -> Dataset | None:

@@ -1,8 +1,9 @@
-"""Batched text generation shared by every generative task and `sft generate`.
+"""Batched text generation shared by every generative task, their evaluation, `sft predict`
+and `sft generate`.
 
-Prompts are sorted by length (little padding per batch), left-padded (a decoder-only model
-continues from the last real token), and decoded with the task's explicit GenerationConfig;
-the KV cache is on (it is off only while training)."""
+Inputs are sorted by length (little padding per batch), left-padded for decoder-only models
+(which continue from the last real token), and decoded with the task's explicit
+GenerationConfig; the KV cache is on (it is off only while training)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids + [vocab[t] for t in END_OF_TURN if t in vocab and vocab[t] not in ids]
 
 
-def generation_kwargs(tokenizer: PreTrainedTokenizerBase, gen: GenerationConfig) -> dict[str, Any]:
+def generation_kwargs(gen: GenerationConfig, stops: list[int], pad_id: int) -> dict[str, Any]:
     kwargs = asdict(gen)
     if not gen.do_sample:  # greedy/beam: sampling knobs would only trigger warnings
         kwargs.pop("temperature")
@@ -34,39 +35,49 @@ def generation_kwargs(tokenizer: PreTrainedTokenizerBase, gen: GenerationConfig)
     if gen.num_beams == 1:
         kwargs.pop("early_stopping")
         kwargs.pop("length_penalty")
-    stops = stop_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    return {**kwargs, "eos_token_id": stops, "pad_token_id": pad}
+    return {**kwargs, "eos_token_id": stops, "pad_token_id": pad_id}
 
 
 @torch.inference_mode()
-def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                   gen: GenerationConfig, batch_size: int = 8) -> list[dict[str, Any]]:
-    """One result per prompt, in the prompts' order: {"generation", "new_tokens",
-    "hit_max_new_tokens"}. The prompts are full rendered texts (chat template applied)."""
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    kwargs = generation_kwargs(tokenizer, gen)
-    stops = set(kwargs["eos_token_id"])
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[list[int]],
+             gen: GenerationConfig, stops: list[int], *, decoder_only: bool,
+             batch_size: int = 8) -> list[dict[str, Any]]:
+    """One result per row of token ids (a causal LM's prompt, or an encoder-decoder's source),
+    in the rows' order: {"generation", "new_tokens", "hit_max_new_tokens"}."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    kwargs = generation_kwargs(gen, stops, pad_id)
+    stop_set = set(stops)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    results: list[dict[str, Any]] = [{} for _ in prompts]
+    results: list[dict[str, Any]] = [{} for _ in rows]
     for chunk in batched(order, batch_size):
-        width = max(len(encoded[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), kwargs["pad_token_id"], dtype=torch.long)
+        width = max(len(rows[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):  # left padding
-            ids[row, width - len(encoded[i]):] = torch.as_tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
+        for row, i in enumerate(chunk):
+            # a causal LM continues from the last position: its prompts are padded on the left
+            start = width - len(rows[i]) if decoder_only else 0
+            ids[row, start : start + len(rows[i])] = torch.as_tensor(rows[i])
+            mask[row, start : start + len(rows[i])] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              use_cache=True, **kwargs)
+        skip = width if decoder_only else 1  # the prompt, or the decoder's start token
         for row, i in enumerate(chunk):
-            new = out[row, width:].tolist()
-            ended = next((k for k, t in enumerate(new) if t in stops), None)
+            new = out[row, skip:].tolist()
+            ended = next((k for k, t in enumerate(new) if t in stop_set), None)
             kept = new if ended is None else new[:ended]
-            results[i] = {"generation": tokenizer.decode(kept, skip_special_tokens=True),
+            results[i] = {"generation": tokenizer.decode(kept, skip_special_tokens=True).strip(),
                           "new_tokens": len(kept), "hit_max_new_tokens": ended is None
                           and len(new) >= gen.max_new_tokens}
     model.train(was_training)
     return results
+
+
+def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                   gen: GenerationConfig, batch_size: int = 8) -> list[dict[str, Any]]:
+    """Continuations of rendered prompts (chat template applied) by a causal LM."""
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return generate(model, tokenizer, rows, gen, stop_token_ids(tokenizer), decoder_only=True,
+                    batch_size=batch_size)

@@ -77,8 +77,9 @@ class QuestionAnsweringTask(Task):
     eval_group_column = "window"  # an example's windows are scored together
     config: QuestionAnsweringConfig
 
-    def __init__(self, config: QuestionAnsweringConfig, tokenizer: Any, data: DataConfig):
-        super().__init__(config, tokenizer, data)
+    def __init__(self, config: QuestionAnsweringConfig, tokenizer: Any, data: DataConfig,
+                 model: ModelConfig | None = None) -> None:
+        super().__init__(config, tokenizer, data, model)
         if config.doc_stride >= data.max_length // 2:
             raise ConfigError(f"task.doc_stride={config.doc_stride} must be below half of "
                               f"data.max_length={data.max_length} (e.g. 384 and 128)")

@@ -107,12 +107,14 @@ class TokenBatches(_ByLength):
         return cut_by_tokens(order, self.lengths, self.budget)
 
 
-def cut_by_tokens(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+def cut_by_tokens(order: Sequence[int], lengths: Sequence[int], budget: int,
+                  max_rows: int | None = None) -> list[list[int]]:
     """`order` sorted longest first (stable: ties keep their order), cut into batches of at
-    most `budget` padded tokens (rows x longest row; at least one row each)."""
+    most `budget` padded tokens (rows x longest row; at least one row each) and `max_rows`."""
     batches: list[list[int]] = []
     for i in sorted(order, key=lambda j: -lengths[j]):  # a batch's first row sets its width
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
+        if (batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget
+                and (max_rows is None or len(batches[-1]) < max_rows)):
             batches[-1].append(i)
         else:
             batches.append([i])

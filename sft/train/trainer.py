@@ -45,7 +45,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sft.config.schema import RunConfig
 from sft.data.collate import to_device
 from sft.data.packing import check_isolation
-from sft.errors import DataError, TrainingError
+from sft.errors import ConfigError, DataError, TrainingError
 from sft.parallel.device import autocast, autocast_dtype, pad_multiple
 from sft.parallel.strategies import SingleProcess
 from sft.tasks.base import Task
@@ -61,6 +61,7 @@ from sft.train.seeding import rng_state, set_rng_state
 log = logging.getLogger("sft")
 
 SAMPLES_LOG = "samples.jsonl"  # generations at each evaluation (generative tasks)
+PREDICTIONS = "predictions-{split}.jsonl"  # a generative task's outputs at the last evaluation
 
 
 def check_finite(loss: float, step: int) -> None:
@@ -82,6 +83,9 @@ class Trainer:
         # what forward/backward run through: compiled and/or wrapped by the strategy
         self.wrapped = strategy.wrap(torch.compile(model) if run.hardware.compile else model)
         t, world = run.trainer, strategy.world
+        if t.batching not in task.batchings():
+            raise ConfigError(f"trainer.batching={t.batching} does not fit this task and model; "
+                              f"use one of {', '.join(task.batchings())}")
         self.batches = batch_plan(t, run.data.max_length, run.seed, features["train"],
                                   world.rank, world.size)
         if t.batching == "packed":  # refuse to train when packed documents would leak
@@ -228,14 +232,16 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, split: str = "validation") -> dict[str, float]:
+        """Metrics on `split`; generative tasks also write predictions-<split>.jsonl."""
         return evaluate(self.task, self.model, self.features[split], self.run, self.dtype,
-                        self.strategy)
+                        self.strategy, self.out_dir / PREDICTIONS.format(split=split))
 
     def _evaluate_and_select(self) -> bool:
         """Evaluate on validation, update best/; True when early stopping should stop."""
+        start = time.perf_counter()
         metrics = self.evaluate("validation")
         self.sinks.log({"split": "validation", "step": self.step, "epoch": self._epoch(),
-                        **metrics})
+                        **metrics, "eval_s": round(time.perf_counter() - start, 3)})
         log.info("step %d validation %s", self.step,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if self.strategy.is_main:
@@ -304,6 +310,7 @@ class Trainer:
             "best/value": self.best["value"], "best/greater_is_better": self.run.greater_is_better,
         }
         result.update({f"validation/{k}": v for k, v in self.best["metrics"].items()})
+        result.update({f"signature/{k}": v for k, v in self.task.signatures().items()})
         if "test" in self.features and self.run.trainer.eval_test:
             checkpoint.load_weights(self.model, self.out_dir / checkpoint.BEST)
             test = self.evaluate("test")
