@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl
+from conftest import REPO, read_jsonl, results
 from safetensors.torch import load_file
 
 from sft.cli import main
@@ -104,10 +104,7 @@ def test_packed_run_killed_and_resumed_equals_uninterrupted(packed_run: Path, da
     proc.kill()
     assert proc.wait() == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
     train(f"resume={run_dir}")
-    def kept(path: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "seconds"}
-                for r in read_jsonl(path)]
-    assert kept(run_dir / "metrics.jsonl") == kept(packed_run / "metrics.jsonl")
+    assert results(run_dir)[0] == results(packed_run)[0]
     assert read_jsonl(run_dir / "samples.jsonl") == read_jsonl(packed_run / "samples.jsonl")
     a, b = weights(run_dir / "best"), weights(packed_run / "best")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -82,6 +82,10 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     start = resume_point(run, run_dir)
     seed_everything(run.seed, run.trainer.deterministic)
     prepared = prepare(run)
+    if run.trainer.batching not in prepared.task.batchings():
+        raise ConfigError(f"trainer.batching={run.trainer.batching} does not fit task "
+                          f"'{run.task.name}' on model '{run.model.name}'; use one of "
+                          f"{', '.join(prepared.task.batchings())}")
     model = prepared.task.build_model(run.model)
     if world.is_main:
         (console or Console(stderr=True)).print(config_tree(run))

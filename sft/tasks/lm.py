@@ -34,18 +34,18 @@ from sft.errors import ConfigError
 from sft.models.loading import load_model
 from sft.tasks.base import IGNORE_INDEX, Counts, Task, cross_entropy_sum
 from sft.tasks.chat import render, resolve_template, tokenize_with_labels
-from sft.tasks.generation import generate, stop_token_ids
+from sft.tasks.generation import generate, generation_kwargs, stop_token_ids
 
 PREVIEW_RECORDS = 3  # records shown in the run dir's preview.txt
 
 
-def _set_generation_defaults(model: PreTrainedModel, gen: GenerationConfig, **ids: Any) -> None:
-    """best/ generates as sft does outside sft too: same special ids and length, never
-    transformers' 20-token default."""
+def _set_generation_defaults(model: PreTrainedModel, gen: GenerationConfig, stops: list[int],
+                             pad_id: int, **ids: Any) -> None:
+    """best/ generates as sft does outside sft too (pipelines, model.generate): the same
+    special ids and decoding settings, never transformers' 20-token default."""
     config = model.generation_config
-    for key, value in ids.items():
+    for key, value in {**generation_kwargs(gen, stops, pad_id), **ids}.items():
         setattr(config, key, value)
-    config.max_new_tokens = gen.max_new_tokens
     config.max_length = None
 
 
@@ -106,8 +106,7 @@ class CausalLM:
 
     def build_model(self, model_cfg: ModelConfig, gen: GenerationConfig) -> PreTrainedModel:
         model = load_model(AutoModelForCausalLM, model_cfg)
-        _set_generation_defaults(model, gen, eos_token_id=self.stops,
-                                 pad_token_id=self.tokenizer.pad_token_id)
+        _set_generation_defaults(model, gen, self.stops, self.tokenizer.pad_token_id)
         return model
 
     def forward(self, model: PreTrainedModel, batch: dict[str, Any], **kwargs: Any) -> Any:
@@ -226,7 +225,8 @@ class Seq2SeqLM:
         for key, value in ids.items():  # bert2bert: saved with best/, so it loads as trained
             if getattr(model.config, key, None) is None:
                 setattr(model.config, key, value)
-        _set_generation_defaults(model, gen, **{**ids, "eos_token_id": self.stops})
+        _set_generation_defaults(model, gen, self.stops, self.pad_id,
+                                 decoder_start_token_id=self.start_id)
         return model
 
     def forward(self, model: PreTrainedModel, batch: dict[str, Any], **kwargs: Any) -> Any:

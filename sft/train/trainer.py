@@ -45,7 +45,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sft.config.schema import RunConfig
 from sft.data.collate import to_device
 from sft.data.packing import check_isolation
-from sft.errors import ConfigError, DataError, TrainingError
+from sft.errors import DataError, TrainingError
 from sft.parallel.device import autocast, autocast_dtype, pad_multiple
 from sft.parallel.strategies import SingleProcess
 from sft.tasks.base import Task
@@ -83,9 +83,6 @@ class Trainer:
         # what forward/backward run through: compiled and/or wrapped by the strategy
         self.wrapped = strategy.wrap(torch.compile(model) if run.hardware.compile else model)
         t, world = run.trainer, strategy.world
-        if t.batching not in task.batchings():
-            raise ConfigError(f"trainer.batching={t.batching} does not fit this task and model; "
-                              f"use one of {', '.join(task.batchings())}")
         self.batches = batch_plan(t, run.data.max_length, run.seed, features["train"],
                                   world.rank, world.size)
         if t.batching == "packed":  # refuse to train when packed documents would leak
