@@ -132,6 +132,16 @@ def test_encoder_decoder_batches_feed_the_shifted_target(data_dir: Path, cache_d
     assert torch.equal(fed[:, 1:], labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, 0))
     assert (labels == IGNORE_INDEX).any()  # uneven targets are padded with -100
     assert all(row[-1] == 102 for row in columns["labels"])  # each target ends in [SEP]
+    # evaluation runs the encoder once for the loss and generation: same as running it twice
+    lm, gen = prepared.task.lm, GenerationConfig(max_new_tokens=5, num_beams=2)
+    torch.manual_seed(0)
+    model = prepared.task.build_model(run.model).eval()
+    with torch.inference_mode():
+        loss, generated = lm.evaluate_batch(model, batch, gen)
+        assert torch.allclose(loss, lm.loss(model, batch), rtol=1e-5)
+    rows = [ids[:n].tolist() for ids, n in zip(batch["input_ids"],
+                                                batch["attention_mask"].sum(1), strict=True)]
+    assert generated == lm.generate(model, rows, gen, batch_size=3)
 
 
 # -- each task on each model kind -------------------------------------------------------

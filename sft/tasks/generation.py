@@ -47,7 +47,6 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: l
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     kwargs = generation_kwargs(gen, stops, pad_id)
-    stop_set = set(stops)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -63,15 +62,24 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: l
             mask[row, start : start + len(rows[i])] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              use_cache=True, **kwargs)
-        skip = width if decoder_only else 1  # the prompt, or the decoder's start token
-        for row, i in enumerate(chunk):
-            new = out[row, skip:].tolist()
-            ended = next((k for k, t in enumerate(new) if t in stop_set), None)
-            kept = new if ended is None else new[:ended]
-            results[i] = {"generation": tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                          "new_tokens": len(kept), "hit_max_new_tokens": ended is None
-                          and len(new) >= gen.max_new_tokens}
+        # skip the prompt, or the decoder's start token
+        for i, result in zip(chunk, decode_new(tokenizer, out, width if decoder_only else 1,
+                                               stops, gen.max_new_tokens), strict=True):
+            results[i] = result
     model.train(was_training)
+    return results
+
+
+def decode_new(tokenizer: PreTrainedTokenizerBase, sequences: torch.Tensor, skip: int,
+               stops: list[int], max_new_tokens: int) -> list[dict[str, Any]]:
+    """The text each row generated after its first `skip` positions, up to its first stop."""
+    results = []
+    for row in sequences[:, skip:].tolist():
+        ended = next((k for k, t in enumerate(row) if t in stops), None)
+        kept = row if ended is None else row[:ended]
+        results.append({"generation": tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                        "new_tokens": len(kept),
+                        "hit_max_new_tokens": ended is None and len(row) >= max_new_tokens})
     return results
 
 

@@ -34,7 +34,7 @@ from sft.errors import ConfigError
 from sft.models.loading import load_model
 from sft.tasks.base import IGNORE_INDEX, Counts, Task, cross_entropy_sum
 from sft.tasks.chat import render, resolve_template, tokenize_with_labels
-from sft.tasks.generation import generate, generation_kwargs, stop_token_ids
+from sft.tasks.generation import decode_new, generate, generation_kwargs, stop_token_ids
 
 PREVIEW_RECORDS = 3  # records shown in the run dir's preview.txt
 
@@ -148,6 +148,12 @@ class CausalLM:
         return generate(model, self.tokenizer, rows, gen, self.stops, decoder_only=True,
                         batch_size=batch_size)
 
+    def evaluate_batch(self, model: PreTrainedModel, batch: dict[str, Any],
+                       gen: GenerationConfig) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """The batch's loss sum (teacher-forced) and a generation per row from its prompt."""
+        rows = self.inputs_to_generate_from(batch)
+        return self.loss(model, batch), self.generate(model, rows, gen, len(rows))
+
 
 class Seq2SeqLM:
     decoder_only = False
@@ -230,20 +236,30 @@ class Seq2SeqLM:
         return model
 
     def forward(self, model: PreTrainedModel, batch: dict[str, Any], **kwargs: Any) -> Any:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        inputs = {} if "encoder_outputs" in kwargs else {"input_ids": batch["input_ids"]}
+        return model(**inputs, attention_mask=batch["attention_mask"],
                      decoder_input_ids=batch["decoder_input_ids"], use_cache=False, **kwargs)
 
     def loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
         return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"])
 
-    def inputs_to_generate_from(self, batch: dict[str, Any]) -> list[list[int]]:
-        return [ids[mask.bool()].tolist()
-                for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
-
     def generate(self, model: PreTrainedModel, rows: list[list[int]], gen: GenerationConfig,
                  batch_size: int) -> list[dict[str, Any]]:
         return generate(model, self.tokenizer, rows, gen, self.stops, decoder_only=False,
                         batch_size=batch_size)
+
+    def evaluate_batch(self, model: PreTrainedModel, batch: dict[str, Any],
+                       gen: GenerationConfig) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """The batch's loss sum and a generation per row, the encoder run once for both (HF's
+        Seq2SeqTrainer runs it twice: in generate and in the loss forward)."""
+        encoded = model.get_encoder()(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"])
+        logits = self.forward(model, batch, encoder_outputs=encoded).logits
+        pad_id = self.pad_id
+        out = model.generate(attention_mask=batch["attention_mask"], encoder_outputs=encoded,
+                             use_cache=True, **generation_kwargs(gen, self.stops, pad_id))
+        return (cross_entropy_sum(logits, batch["labels"]),
+                decode_new(self.tokenizer, out, 1, self.stops, gen.max_new_tokens))
 
 
 class LMTask(Task):

@@ -46,9 +46,8 @@ class TextToTextEvaluator(Evaluator):
 
     def update(self, model: PreTrainedModel, batch: dict[str, Any]) -> None:
         lm = self.task.lm
-        self.add_loss(lm.loss(model, batch), lm.counts(batch).targets)
-        rows = lm.inputs_to_generate_from(batch)
-        results = lm.generate(model, rows, self.task.config.generation, batch_size=len(rows))
+        loss_sum, results = lm.evaluate_batch(model, batch, self.task.config.generation)
+        self.add_loss(loss_sum, lm.counts(batch).targets)
         for result, source, references in zip(results, batch["source"], batch["references"],
                                               strict=True):
             self.scorer.add(result["generation"], list(references))
