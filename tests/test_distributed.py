@@ -135,3 +135,31 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(ddp_run: Path, tm
     moved = max(float((two[k] - halfway[k]).abs().max()) for k in two)
     assert gap <= WEIGHT_ATOL, f"1 process vs 2 ranks: max weight difference {gap:.2e}"
     assert moved > 100 * WEIGHT_ATOL  # the tolerance is far below what training changes
+
+
+def test_generation_evaluation_is_sharded_and_merged_across_ranks(tmp_path: Path,
+                                                                  data_dir: Path,
+                                                                  cache_dir: Path) -> None:
+    """Each rank generates for half the validation split; the merged scores and the joined
+    predictions file equal one process's (the model as loaded: eval_first, no step taken)."""
+    common = ["task=summarization", "model=tiny-t5", "hardware=cpu", "trainer.progress=false",
+              f"data.dir={data_dir}", f"data.cache_dir={cache_dir}", "data.max_train_samples=8",
+              "trainer.batch_size=2",
+              "data.max_eval_samples=10", "data.max_length=64", "trainer.max_steps=1",
+              "trainer.eval_steps=1000", "trainer.eval_test=false", "optimizer.lr=1e-12",
+              "task.generation.max_new_tokens=4", "task.generation.num_beams=1"]
+    result = torchrun("-m", "sft.cli", "train", *common, f"run_dir={tmp_path / 'ddp'}",
+                      cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from sft.cli import main
+
+    assert main(["train", *common, f"run_dir={tmp_path / 'one'}"]) == 0
+    first = [[e for e in read_jsonl(tmp_path / run / "metrics.jsonl")
+              if e["split"] == "validation"][0] for run in ("ddp", "one")]
+    for key in ("rouge1", "rougeLsum", "gen_len", "loss"):
+        assert first[0][key] == pytest.approx(first[1][key], rel=1e-5), key
+    rows = [sorted(json.dumps(r, sort_keys=True) for r in
+                   read_jsonl(tmp_path / run / "predictions-validation.jsonl"))
+            for run in ("ddp", "one")]
+    assert len(rows[0]) == 10 and rows[0] == rows[1]
+    assert not list((tmp_path / "ddp").glob(".predictions-*"))  # the ranks' parts are joined

@@ -81,6 +81,9 @@ class TextToTextTask(LMTask):
     config_class: type[TextToTextConfig] = SummarizationConfig
     load_best = 'pipeline("summarization", model="best")'
     drop_reason = "no target token left within data.max_length"
+    # logits exist only for target positions (the loss) and the last position (generation),
+    # so evaluation batches can be wide; 64 rows of 256 tokens amortize each decoding step
+    eval_batch_tokens = 16384
     config: TextToTextConfig
 
     def __init__(self, config: TextToTextConfig, tokenizer: PreTrainedTokenizerBase,
@@ -110,6 +113,7 @@ class TextToTextTask(LMTask):
         self.kind = kind
         self._prompt_tokens: int | None = None
         self.scored_with: RougeScorer | BleuScorer | None = None  # the last evaluation's
+        self.scorer()  # imports its libraries now (rouge_score: nltk, ~3 s), not in eval_s
 
     # -- records -----------------------------------------------------------------------
     def source(self, record: dict[str, Any]) -> str | None:

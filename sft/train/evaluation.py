@@ -44,6 +44,8 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, run: RunConfig,
     model.eval()
     evaluator = task.evaluator()
     parts = [records.with_name(f".{records.name}.part{r}") for r in range(size)] if records else []
+    if parts:  # a rank may get here before rank 0 has made the run dir
+        parts[rank].parent.mkdir(parents=True, exist_ok=True)
     evaluator.write_to(parts[rank] if parts else None)
     for batch in loader:
         with autocast(device, dtype):

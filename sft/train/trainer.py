@@ -85,6 +85,10 @@ class Trainer:
         t, world = run.trainer, strategy.world
         self.batches = batch_plan(t, run.data.max_length, run.seed, features["train"],
                                   world.rank, world.size)
+        if self.batches.per_epoch == 0:  # else the step stream would spin on empty epochs
+            raise DataError(f"the train split ({len(features['train'])} examples) gives no "
+                            f"batch of trainer.batch_size={t.batch_size} on each of "
+                            f"{world.size} processes; lower trainer.batch_size or add data")
         if t.batching == "packed":  # refuse to train when packed documents would leak
             check_isolation(self.model, self.device)
         self.steps_per_epoch = max(1, math.ceil(self.batches.per_epoch / t.grad_accum))
