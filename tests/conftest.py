@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,20 @@ def train_tiny(run_dir: Path, data_dir: Path, cache_dir: Path, *overrides: str) 
                  f"run_dir={run_dir}", *overrides])
     assert code == 0
     return run_dir
+
+
+def kill_at_checkpoint(argv: list[str], run_dir: Path, step: int, timeout: float = 240) -> None:
+    """`sft train argv` in a fresh process, SIGKILLed as soon as checkpoints/step-<step> exists
+    (a crash mid-run: no metrics.json yet)."""
+    proc = subprocess.Popen([sys.executable, "-m", "sft.cli", "train", *argv], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "checkpoints" / f"step-{step}").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.005)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -5,16 +5,11 @@ normalization, packing with resume, generation, Chinese, and the errors a user c
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, results
+from conftest import REPO, kill_at_checkpoint, read_jsonl, results
 from safetensors.torch import load_file
 
 from sft.cli import main
@@ -94,15 +89,7 @@ def test_packed_run_killed_and_resumed_equals_uninterrupted(packed_run: Path, da
                                                             cache_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
     argv = lm_args(data_dir, cache_dir, run_dir, *SHORT)
-    proc = subprocess.Popen([sys.executable, "-m", "sft.cli", "train", *argv], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoints" / "step-4").is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.005)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
+    kill_at_checkpoint(argv, run_dir, 4)
     train(f"resume={run_dir}")
     assert results(run_dir)[0] == results(packed_run)[0]
     assert read_jsonl(run_dir / "samples.jsonl") == read_jsonl(packed_run / "samples.jsonl")

@@ -6,16 +6,11 @@ generation length settings, prediction, and the errors a user can make."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, results
+from conftest import kill_at_checkpoint, read_jsonl, results
 from safetensors.torch import load_file
 
 from sft.cli import main
@@ -80,15 +75,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(t5_run: Path, data_dir: Pat
                                                      cache_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
     argv = args(data_dir, cache_dir, run_dir, *SHORT)
-    proc = subprocess.Popen([sys.executable, "-m", "sft.cli", "train", *argv], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoints" / "step-4").is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.005)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
+    kill_at_checkpoint(argv, run_dir, 4)
     train(f"resume={run_dir}")
     assert results(run_dir) == results(t5_run)
     for name in ("predictions-validation.jsonl", "predictions-test.jsonl"):
@@ -201,3 +188,18 @@ def test_text2text_user_errors_are_one_line_exit_2(case: str, tmp_path: Path, da
     code = main(["train", *args(data_dir, tmp_path / "cache", tmp_path / "run", *extra)])
     out, err = capfd.readouterr()
     assert_one_line(code, out, err, expected, tmp_path / "run")
+
+
+def test_the_model_kind_and_prefix_are_part_of_the_feature_cache_key(data_dir: Path,
+                                                                       cache_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """tiny-t5 and bert2bert-minilm share MiniLM's tokenizer and the task config, but only the
+    T5 gets "summarize: ": a cache keyed on those alone would hand one the other's features."""
+    def features(model: str):
+        run = compose_run(args(data_dir, cache_dir, tmp_path / "r", "task=summarization",
+                               f"model={model}", "data.max_train_samples=4"))
+        return prepare(run, ("validation",)).features["validation"]
+
+    t5, bert2bert = features("tiny-t5"), features("bert2bert-minilm")
+    assert t5.cache_files[0]["filename"] != bert2bert.cache_files[0]["filename"]
+    assert t5["input_ids"][0][1:4] != bert2bert["input_ids"][0][1:4]  # "summarize :" vs text

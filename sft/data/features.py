@@ -1,6 +1,7 @@
 """Tokenized features, cached on disk under a key that cannot go stale: it hashes the
 tokenizer (vocabulary, normalizer, special tokens, chat template), the task config, the
-task's features version, the data settings and the split's content fingerprint."""
+task's features version and what else its features depend on (e.g. the model kind), the
+data settings and the split's content fingerprint."""
 
 from __future__ import annotations
 
@@ -31,11 +32,14 @@ class Featurizer(Protocol):
 
     def feature_columns(self) -> list[str] | None: ...
 
+    def features_depend_on(self) -> Any: ...
+
 
 def cache_key(task: Featurizer, tokenizer_id: str, dataset: Dataset, split: str,
               data: DataConfig) -> str:
     parts = [tokenizer_id, getattr(task.tokenizer, "chat_template", None), task.features_version,
-             asdict(task.config), data.max_length, dataset._fingerprint, split]
+             asdict(task.config), task.features_depend_on(), data.max_length,
+             dataset._fingerprint, split]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -140,6 +140,11 @@ class Task:
         """Raw columns to keep next to the features (None: drop all raw columns)."""
         return None
 
+    def features_depend_on(self) -> Any:
+        """What featurize() reads besides the task config, tokenizer and data settings (part
+        of the feature cache key; JSON-serializable)."""
+        return None
+
     def collate(self, columns: dict[str, list], pad_to_multiple_of: int | None) -> dict[str, Any]:
         raise NotImplementedError
 

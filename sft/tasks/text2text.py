@@ -115,6 +115,12 @@ class TextToTextTask(LMTask):
         self.scored_with: RougeScorer | BleuScorer | None = None  # the last evaluation's
         self.scorer()  # imports its libraries now (rouge_score: nltk, ~3 s), not in eval_s
 
+    def features_depend_on(self) -> Any:
+        """The model decides the kind, the T5 prefix and which target token is fed."""
+        lm = self.lm
+        fed = sorted(lm.fed_not_predicted) if isinstance(lm, Seq2SeqLM) else None
+        return [self.kind, self.prefix, fed]
+
     # -- records -----------------------------------------------------------------------
     def source(self, record: dict[str, Any]) -> str | None:
         return record.get(self.config.source_column)
