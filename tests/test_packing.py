@@ -5,7 +5,6 @@ plus the transformers 5 traps where they silently do not and check_isolation mus
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -89,16 +88,15 @@ def test_plan_rows_row_count_does_not_depend_on_the_shuffle() -> None:
     assert len(pairings) == 5  # the shuffle does change which documents share a row
 
 
-def test_plan_rows_is_fast_on_67k_documents() -> None:
+def test_plan_rows_packs_67k_documents_within_capacity() -> None:
+    """SST-2-sized input (speed is measured by the bench scripts, never asserted here)."""
     rng = random.Random(3)
     lengths = [min(2048, int(rng.lognormvariate(5.5, 0.8)) + 1) for _ in range(67_000)]
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    start = time.process_time()  # CPU time: other processes on a busy machine do not count
     rows = plan_rows(lengths, order, 2048)
-    elapsed = time.process_time() - start
-    assert sum(len(r) for r in rows) == len(lengths)
-    assert elapsed < 1.0, f"plan_rows took {elapsed:.2f}s of CPU on 67k documents"
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 2048 for r in rows)
 
 
 def test_plan_rows_rejects_documents_longer_than_a_row() -> None:
