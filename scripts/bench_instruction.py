@@ -240,23 +240,26 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """One measurement in a fresh interpreter; its last stdout line is `BENCH {json}`."""
+def run_child(spec: dict[str, Any], script: Path = Path(__file__)) -> dict[str, Any]:
+    """One measurement of `script --child spec` in a fresh interpreter; its last stdout line is
+    `BENCH {json}`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, str(script.resolve()), "--child", json.dumps(spec)],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {CHILD_TIMEOUT_S} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        say(f"  {spec.get('name', spec['kind'])} failed:\n{tail}")
-        return {"error": tail.splitlines()[-1] if tail else f"exit {proc.returncode}"}
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        say(f"  {spec.get('name', spec['kind'])} failed:\n" + "\n".join(tail))
+        said = [ln for ln in tail if "error" in ln.lower()]  # sft's one `error: ...` line
+        return {"error": (said or tail or [f"exit {proc.returncode}"])[-1].strip()}
     result = json.loads(lines[-1][len("BENCH "):])
     result["process_s"] = time.perf_counter() - start
+    result["load_avg_1m_after"] = os.getloadavg()[0]  # a shared machine shows here
     return result
 
 

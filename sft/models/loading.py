@@ -123,11 +123,10 @@ def model_config(cfg: ModelConfig, **config_kwargs: Any) -> PretrainedConfig:
 ENCODER_DECODER, DECODER_ONLY, ENCODER_ONLY = "encoder-decoder", "decoder-only", "encoder-only"
 
 
-def model_kind(cfg: ModelConfig) -> str:
+def model_kind(config: PretrainedConfig) -> str:
     """encoder-decoder (T5, BART, Marian, bert2bert), decoder-only (causal LMs) or
     encoder-only (BERT-style; transformers lists BERT as a causal LM too, but as a masked LM
-    first), read from the model's config alone."""
-    config = model_config(cfg)
+    first), read from the model's config (model_config) alone."""
     if config.is_encoder_decoder:
         return ENCODER_DECODER
     causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

@@ -49,7 +49,20 @@ def _set_generation_defaults(model: PreTrainedModel, gen: GenerationConfig, stop
     config.max_length = None
 
 
-class CausalLM:
+class _LanguageModel:
+    """What both kinds share: batched generation from rows of token ids."""
+
+    decoder_only: bool
+    tokenizer: PreTrainedTokenizerBase
+    stops: list[int]
+
+    def generate(self, model: PreTrainedModel, rows: list[list[int]], gen: GenerationConfig,
+                 batch_size: int) -> list[dict[str, Any]]:
+        return generate(model, self.tokenizer, rows, gen, self.stops,
+                        decoder_only=self.decoder_only, batch_size=batch_size)
+
+
+class CausalLM(_LanguageModel):
     decoder_only = True
     model_inputs = ("input_ids", "attention_mask", "position_ids")
 
@@ -143,11 +156,6 @@ class CausalLM:
             rows.append(ids[: first + 1].tolist())
         return rows
 
-    def generate(self, model: PreTrainedModel, rows: list[list[int]], gen: GenerationConfig,
-                 batch_size: int) -> list[dict[str, Any]]:
-        return generate(model, self.tokenizer, rows, gen, self.stops, decoder_only=True,
-                        batch_size=batch_size)
-
     def evaluate_batch(self, model: PreTrainedModel, batch: dict[str, Any],
                        gen: GenerationConfig) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """The batch's loss sum (teacher-forced) and a generation per row from its prompt."""
@@ -155,7 +163,7 @@ class CausalLM:
         return self.loss(model, batch), self.generate(model, rows, gen, len(rows))
 
 
-class Seq2SeqLM:
+class Seq2SeqLM(_LanguageModel):
     decoder_only = False
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:
@@ -243,11 +251,6 @@ class Seq2SeqLM:
     def loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
         return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"])
 
-    def generate(self, model: PreTrainedModel, rows: list[list[int]], gen: GenerationConfig,
-                 batch_size: int) -> list[dict[str, Any]]:
-        return generate(model, self.tokenizer, rows, gen, self.stops, decoder_only=False,
-                        batch_size=batch_size)
-
     def evaluate_batch(self, model: PreTrainedModel, batch: dict[str, Any],
                        gen: GenerationConfig) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """The batch's loss sum and a generation per row, the encoder run once for both (HF's
@@ -255,9 +258,8 @@ class Seq2SeqLM:
         encoded = model.get_encoder()(input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
         logits = self.forward(model, batch, encoder_outputs=encoded).logits
-        pad_id = self.pad_id
         out = model.generate(attention_mask=batch["attention_mask"], encoder_outputs=encoded,
-                             use_cache=True, **generation_kwargs(gen, self.stops, pad_id))
+                             use_cache=True, **generation_kwargs(gen, self.stops, self.pad_id))
         return (cross_entropy_sum(logits, batch["labels"]),
                 decode_new(self.tokenizer, out, 1, self.stops, gen.max_new_tokens))
 

@@ -90,7 +90,8 @@ class TextToTextTask(LMTask):
                  data: DataConfig, model: ModelConfig | None = None) -> None:
         if model is None:
             raise ConfigError(f"task '{config.name}' needs the model config to pick its model kind")
-        kind = model_kind(model)
+        config_of_model = model_config(model)  # loaded once: kind, ids and prefix read it
+        kind = model_kind(config_of_model)
         if kind == ENCODER_ONLY:
             raise ConfigError(
                 f"model '{model.name}' is encoder-only and cannot generate text for task "
@@ -103,10 +104,10 @@ class TextToTextTask(LMTask):
             lm: CausalLM | Seq2SeqLM = CausalLM(tokenizer, config.chat_template)
             self.prefix = ""
         else:
-            lm = Seq2SeqLM(tokenizer, model_config(model))
+            lm = Seq2SeqLM(tokenizer, config_of_model)
             prefix = config.source_prefix
             if prefix is None:  # T5 was pre-trained with task prefixes; others were not
-                t5 = model_config(model).model_type in T5_FAMILY
+                t5 = config_of_model.model_type in T5_FAMILY
                 prefix = config.T5_PREFIX if t5 else ""
             self.prefix = prefix.format(**config.names())
         super().__init__(config, tokenizer, data, lm)
