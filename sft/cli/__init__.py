@@ -26,12 +26,15 @@ commands:
                                predict jsonl/csv records, write jsonl with label and scores
   generate RUN_DIR --prompt TEXT | --input F --output F [--max-new-tokens N]
                                text from a generative run's best/ (chat template applied)
+  export RUN_DIR [--merge] [--output DIR] [--dtype bf16|fp32]
+                               best/ as a folder transformers loads; --merge folds an adapter
+                               into its base; the reloaded export's logits are checked
   report DIR|RUN_DIR... [--output DIR]
                                rank a sweep's jobs; write summary.csv/json and plots
   cv [folds=5] [overrides]     k-fold cross-validation over train+validation, mean ± std
 """
 
-COMMANDS = ("train", "eval", "predict", "generate", "reproduce", "report", "cv")
+COMMANDS = ("train", "eval", "predict", "generate", "export", "reproduce", "report", "cv")
 
 
 def main(argv: list[str] | None = None) -> int:

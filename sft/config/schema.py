@@ -34,6 +34,26 @@ class ModelConfig:
     # attention kernel: eager | sdpa | flash_attention_2 ...; null: transformers' default
     # (SDPA, which trained MiniLM 1.16x faster than eager in sft on CPU)
     attn_implementation: str | None = None
+    # load the base in 4 bits (nf4, bitsandbytes, CUDA only) to train adapters on it (QLoRA)
+    quantization: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Parameter-efficient fine-tuning through peft (sft.models.adapters); type none trains
+    every parameter the model.freeze_* keys leave trainable."""
+
+    type: str = "none"  # none | lora
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    # all-linear (every linear layer but the output/head layers), a list of module names
+    # (a name matches itself and any module whose name ends in .name), or one regex
+    target_modules: Any = "all-linear"
+    modules_to_save: list[str] | None = None  # trained in full; null: the task's head
+    use_rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r
+    use_dora: bool = False  # weight-decomposed LoRA
+    merge_best: bool = True  # best/ as a merged full model (false: the adapter folder)
 
 
 @dataclass(frozen=True)
@@ -138,6 +158,7 @@ class RunConfig:
     scheduler: dict[str, Any] = field(default_factory=dict)  # _target_ + _partial_
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     seed: int = 42
     run_dir: str = "runs/${task.name}/${model.name}/${started:%Y-%m-%d_%H-%M-%S}"
     resume: str | None = None

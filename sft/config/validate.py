@@ -110,6 +110,7 @@ def _check_values(run: RunConfig) -> None:
     _check(m.architecture is None or m.init == "random",
            f"model.architecture={m.architecture} builds a new model; it needs model.init=random")
     _check(m.freeze_layers >= 0, f"model.freeze_layers must be >= 0, got {m.freeze_layers}")
+    _check_adapter(run)
     for group, node in (("optimizer", run.optimizer), ("scheduler", run.scheduler)):
         _check("_target_" in node, f"{group} has no _target_; choose one with {group}=<name>")
     lr = run.optimizer.get("lr")
@@ -119,3 +120,22 @@ def _check_values(run: RunConfig) -> None:
     for key, value in (("task.metric", run.task.metric), ("trainer.metric", run.metric)):
         _check(value in metrics, f"{key} '{value}' is not computed by task '{run.task.name}' "
                                  f"(available: {', '.join(sorted(metrics))})")
+
+
+def _check_adapter(run: RunConfig) -> None:
+    a, m = run.adapter, run.model
+    _check(a.type in {"none", "lora"}, f"adapter.type must be none or lora, got '{a.type}'")
+    _check(m.quantization in {None, "nf4"},
+           f"model.quantization must be nf4 or null, got '{m.quantization}'")
+    _check(m.quantization is None or a.type == "lora",
+           "a 4-bit base (model.quantization=nf4) trains only through an adapter; use adapter=qlora")
+    if a.type == "none":
+        return
+    _check(a.r >= 1, f"adapter.r must be >= 1, got {a.r}")
+    _check(a.alpha > 0, f"adapter.alpha must be > 0, got {a.alpha}")
+    _check(0 <= a.dropout < 1, f"adapter.dropout must be in [0, 1), got {a.dropout}")
+    targets = a.target_modules
+    _check(isinstance(targets, str) and targets != "" or isinstance(targets, list) and targets
+           and all(isinstance(t, str) and t for t in targets),
+           "adapter.target_modules must be all-linear, a list of module names or a regex, "
+           f"got {targets!r}")

@@ -134,11 +134,30 @@ def model_kind(config: PretrainedConfig) -> str:
         else ENCODER_ONLY
 
 
+def _four_bit() -> dict[str, Any]:
+    """from_pretrained arguments for a 4-bit NF4 base on this process's GPU (QLoRA's
+    settings: double quantization, bf16 compute)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ModelError("model.quantization=nf4 (adapter=qlora) needs bitsandbytes; run "
+                         "`pip install bitsandbytes` on a CUDA machine") from err
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
+
+
 def load_model(auto_class: Any, cfg: ModelConfig, **config_kwargs: Any) -> PreTrainedModel:
     """Pretrained weights, or a random init of the same architecture (model.init=random);
     model.encoder_decoder warm-starts an EncoderDecoderModel from an encoder checkpoint."""
     kernel = {} if cfg.attn_implementation is None else {
         "attn_implementation": cfg.attn_implementation}
+    if cfg.quantization and cfg.init == "pretrained" and not cfg.encoder_decoder:
+        kernel = {**kernel, **_four_bit()}
     try:
         if cfg.init == "random":
             config = model_config(cfg, **config_kwargs)

@@ -21,11 +21,14 @@ from sft.data.features import featurize
 from sft.data.loading import load_splits, local_files
 from sft.errors import ConfigError, SftError
 from sft.files import sha256_file
+from sft.models.adapters import adapter_folder, merge, parameter_counts
 from sft.models.loading import load_tokenizer, weight_files
 from sft.parallel.device import apply_threads, describe_device, resolve_device
 from sft.parallel.strategies import make_strategy
 from sft.parallel.world import World
 from sft.run.environment import environment
+from sft.run.export import merge_best
+from sft.run.model import adapted_model, build_model, saved_model
 from sft.run.rundir import METRICS_LOG, RunDir
 from sft.tasks import build_task
 from sft.tasks.base import Task
@@ -81,15 +84,22 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     run_dir = RunDir(run.run_dir, is_main=world.is_main)
     start = resume_point(run, run_dir)
     seed_everything(run.seed, run.trainer.deterministic)
+    device = resolve_device(run.hardware, world.local_rank)
     prepared = prepare(run)
     if run.trainer.batching not in prepared.task.batchings():
         raise ConfigError(f"trainer.batching={run.trainer.batching} does not fit task "
                           f"'{run.task.name}' on model '{run.model.name}'; use one of "
                           f"{', '.join(prepared.task.batchings())}")
-    model = prepared.task.build_model(run.model)
+    if run.model.quantization and device.type != "cuda":
+        raise ConfigError("adapter=qlora loads the base in 4 bits with bitsandbytes, which needs "
+                          "a CUDA GPU; on this machine use adapter=lora")
+    model = build_model(run, prepared.task)
+    trainable, total = parameter_counts(model)
+    log.info("parameters: %s trainable of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}",
+             100 * trainable / max(total, 1), "" if run.adapter.type == "none" else
+             f" with a {run.adapter.type} adapter of rank {run.adapter.r}")
     if world.is_main:
         (console or Console(stderr=True)).print(config_tree(run))
-    device = resolve_device(run.hardware, world.local_rank)
     env = environment(run, describe_device(device), overrides or [],
                       *fingerprints(run))
     if run.resume:
@@ -117,8 +127,11 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
         sinks.close("interrupted" if isinstance(err, TrainingInterrupted) else "failed")
         raise
     sinks.close("complete")
+    metrics.update({"params/trainable": trainable, "params/total": total})
     run_dir.write_json("metrics.json", metrics)
     run_dir.write_card(run, metrics, env["command"])  # a resumed run shows the original
+    if run.adapter.type != "none" and run.adapter.merge_best and world.is_main:
+        merge_best(run, run_dir.path)
     log.info("done: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                    if isinstance(v, float)))
     return metrics
@@ -176,11 +189,12 @@ def load_finished(run_dir: str | Path, overrides: list[str] | None = None,
     best = Path(run_dir) / checkpoint.BEST
     if not best.is_dir():
         raise SftError(f"{best} not found; the run has not finished an evaluation yet")
-    run = replace(run, model=replace(run.model, name_or_path=str(best), init="pretrained",
-                                     config_overrides={}, architecture=None,
-                                     encoder_decoder=False, freeze_layers=0,
-                                     freeze_embeddings=False, gguf_file=None))
+    adapter = adapter_folder(best)
+    trained, run = run, replace(run, model=saved_model(run.model, best))
     prepared = prepare(run, splits)
-    model = prepared.task.build_model(run.model)
+    if adapter == best:  # an unmerged adapter: onto its base, merged for inference
+        model = merge(adapted_model(trained, Path(run_dir), prepared.task, best))
+    else:
+        model = prepared.task.build_model(run.model)
     model.eval()
     return run, prepared, model.to(resolve_device(run.hardware))

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.files import sha256_file
+from sft.models.adapters import adapter_folder, load_adapter_weights
 from sft.parallel.strategies import SingleProcess
 
 STATE_FILE = "trainer_state.pt"
@@ -183,7 +185,12 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 def load_weights(model: PreTrainedModel, folder: Path) -> None:
-    """Load safetensors weights saved by save_pretrained into an existing model."""
+    """Load safetensors weights saved by save_pretrained into an existing model (an adapted
+    model: the adapter and heads the folder holds)."""
+    adapter = adapter_folder(folder)
+    if isinstance(model, PeftModel) and adapter is not None:
+        load_adapter_weights(model, adapter)
+        return
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(folder.glob("*.safetensors")):
         state.update(load_file(shard))
