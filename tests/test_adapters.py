@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import kill_at_checkpoint, results, run_cli, short_args, train_tiny
+from conftest import REPO, kill_at_checkpoint, results, run_cli, short_args, train_tiny
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BertConfig, BertForSequenceClassification, pipeline
 
@@ -211,3 +213,20 @@ def test_an_adapter_is_not_exported_onto_another_base(lora_run: Path, tmp_path: 
                  f"model.name_or_path={other}"])
     out, err = capfd.readouterr()
     assert_one_line(code, out, err, "was trained on another base than", output)
+
+
+def test_the_adapter_bench_runs_in_its_quick_form(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(REPO / "scripts/bench_adapters.py"), "--quick",
+                             "--data-dir", str(data_dir), "--json", str(out)],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    numbers = json.loads(out.read_text())
+    assert set(numbers) == {"minilm full", "minilm lora", "smollm2 full", "smollm2 lora"}
+    for model in ("minilm", "smollm2"):
+        full, lora = numbers[f"{model} full"], numbers[f"{model} lora"]
+        assert lora["trainable"] < 0.1 * full["trainable"]
+        assert full["total"] < lora["total"] < 1.1 * full["total"]  # the base + the adapter
+        assert full["peak_rss_mb"] > 0 and lora["samples_per_s"] > 0
+    assert numbers["smollm2 lora"]["before"] is not None  # the baseline loss before step 0
+    assert "LoRA/full speed" in result.stdout
