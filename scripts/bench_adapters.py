@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases:
             print(f"running {case} ...", file=sys.stderr, flush=True)
             results[case] = run_case(case, args, Path(work))
+            if args.json:  # after every case, so a long bench cut short keeps what it measured
+                args.json.write_text(json.dumps(results, indent=1))
     print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -25,7 +25,7 @@ def write_sst2(root: Path, train: str, dev: str = "sentence\tlabel\ngood\t1\nbad
 
 
 CASES = {
-    "unknown_option": (["task=nope"], "Could not find 'task/nope'"),
+    "unknown_option": (["task=nope"], "unknown task option 'nope'"),
     "unknown_key": (["trainer.nope=1"], "trainer.nope"),
     "appended_unknown_key": (["+trainer.nope=1"], "trainer.nope"),
     "mistyped_value": (["trainer.epochs=abc"], "trainer.epochs"),

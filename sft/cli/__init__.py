@@ -31,29 +31,58 @@ commands:
                                into its base; the reloaded export's logits are checked
   report DIR|RUN_DIR... [--output DIR]
                                rank a sweep's jobs; write summary.csv/json and plots
+                               (one RUN_DIR: its row and curves.png)
+  runs [DIR] [--task T] [--sort METRIC] [--json]
+                               past runs under DIR (default runs/), newest first: overrides,
+                               best metric, steps, time, status (complete/failed/interrupted)
   cv [folds=5] [overrides]     k-fold cross-validation over train+validation, mean ± std
 """
 
-COMMANDS = ("train", "eval", "predict", "generate", "export", "reproduce", "report", "cv")
+MORE_HELP = """main keys (`sft train --help` lists every key with its value; `sft <command> --help`):
+  optimizer.lr  trainer.epochs  trainer.max_steps (0: evaluate the model as loaded, no training)
+  trainer.batch_size  trainer.grad_accum  trainer.eval_steps  trainer.metric  data.dir
+  data.max_train_samples  data.max_length  model.name_or_path  hardware.device
+  hardware.precision  seed  run_dir  resume
+
+shell completion (bash; zsh after `autoload -U bashcompinit && bashcompinit`):
+  eval "$(sft -sc install=bash)"     (add it to ~/.bashrc to keep it)"""
+
+COMMANDS = ("train", "eval", "predict", "generate", "export", "reproduce", "report", "cv",
+            "runs")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(USAGE)
+        from sft.config.compose import groups_help  # hydra, not torch
+
+        print(f"{USAGE}\n{groups_help()}\n\n{MORE_HELP}")
         return 0
+    if argv[0] in {"-sc", "--shell-completion"}:
+        from sft.cli.console import shell_completion
+
+        return shell_completion(argv[1:], COMMANDS)
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        from sft.config.validate import nearest
+
+        print(f"error: unknown command '{command}'{nearest(command, COMMANDS)} (commands: "
+              f"{', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     # the verb's module is imported only now, so `sft --help` answers without loading torch
+    from rich.markup import escape
+
     from sft.cli.console import console, describe, is_user_error  # loads hydra: not for --help
 
     try:
+        if command == "train" and {"-h", "--help"} & set(rest):  # ours, not Hydra's
+            from sft.config.compose import train_help
+
+            print(train_help(rest))
+            return 0
         return importlib.import_module(f"sft.cli.{command}").run(rest) or 0
     except Exception as err:  # one line for anything the user can fix
         if os.environ.get("SFT_DEBUG") == "1" or not is_user_error(err):
             raise
-        console.print(f"[red]error:[/red] {describe(err)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(describe(err))}", highlight=False, soft_wrap=True)
         return 2

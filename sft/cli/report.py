@@ -1,5 +1,5 @@
 """`sft report DIR|RUN_DIR... [--output DIR]`: rank the runs of a sweep, a cv or any set of
-run dirs; write summary.csv/json and plots."""
+run dirs; write summary.csv/json and plots. One run dir alone: its row and curves.png."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sft.errors import SftError
+from sft.report.runs import is_run_dir, report_run
 from sft.report.summary import report
 
 
@@ -23,5 +24,8 @@ def run(args: list[str]) -> int:
     if missing:
         raise SftError(f"not a directory: {missing[0]}")
     output = ns.output or (ns.dirs[0] if len(ns.dirs) == 1 else Path.cwd())
+    if len(ns.dirs) == 1 and is_run_dir(ns.dirs[0]):  # one run, not a sweep: its curves
+        report_run(ns.dirs[0], output, Console())
+        return 0
     report(ns.dirs, output, Console(), title=" ".join(map(str, ns.dirs)))
     return 0

@@ -1,5 +1,10 @@
 """`sft train [overrides]`: Hydra composes (single run, --multirun sweep, Optuna search),
-each job trains through sft.run.runner. Also the engine of `reproduce` and `cv`."""
+each job trains through sft.run.runner. Also the engine of `reproduce` and `cv`.
+
+A sweep's jobs run in this process (Hydra's basic launcher) or, with
+`hydra/launcher=slurm|submitit_local`, each in a process of its own that submitit starts
+from a pickle of the launcher and our task function (TrainJob); either way every job writes
+its run dir and job.json, and this process reports the sweep from those files."""
 
 from __future__ import annotations
 
@@ -9,26 +14,39 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from sft.cli.console import console, error_message, quiet_progress_bars
 from sft.config.compose import CONFIG_DIR, PRIMARY, RUN_DIR_PRIMARY, native_args, resume_args, value
 from sft.config.resolvers import register, set_start_time
 from sft.config.validate import to_run_config
-from sft.errors import SftError
+from sft.errors import ConfigError, SftError
 from sft.parallel import world as worlds
 from sft.parallel.world import World
+from sft.report.jobs import collect
 from sft.report.summary import report
 from sft.run.rundir import write_job_record
 from sft.run.runner import train
 from sft.train.interrupt import TrainingInterrupted
 
 log = logging.getLogger("sft")
+
+# Hydra plugins that an extra of ours installs: the config Hydra cannot find -> (package, extra)
+PLUGIN_EXTRAS = {"hydra/sweeper/optuna": ("hydra-optuna-sweeper", "optuna"),
+                 "hydra/launcher/submitit_": ("hydra-submitit-launcher", "slurm")}
+
+
+MODE_FLAGS = ("--multirun", "-m")
 
 
 def run(args: list[str]) -> int:
@@ -38,7 +56,8 @@ def run(args: list[str]) -> int:
 def train_command(args: list[str], config_name: str = PRIMARY, title: str = "sweep") -> int:
     """`config_name`: train.yaml, or a run dir's config registered by sft.config.compose."""
     world = worlds.setup()
-    set_start_time(worlds.shared_start_time(world))
+    started = worlds.shared_start_time(world)
+    set_start_time(started)
     register()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach main(), which prints one line
     target = value(args, "resume")
@@ -47,37 +66,60 @@ def train_command(args: list[str], config_name: str = PRIMARY, title: str = "swe
     quiet = [] if world.is_main else [  # only rank 0 writes .hydra/ and train.log
         "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
         "hydra.job_logging.root.level=WARNING"]
-    sys.argv = ["sft train", *native_args(args), *[q for q in quiet if q not in args]]
+    args = native_args(args)
+    # Hydra's argparse takes no flag after an override (`sft train task=qa --multirun lr=...`)
+    flags = [a for a in args if a in MODE_FLAGS]
+    sys.argv = ["sft train", *flags, *[a for a in args if a not in MODE_FLAGS],
+                *[q for q in quiet if q not in args], SweepStart.OVERRIDE]
     jobs = Jobs(world)
-
-    def job(cfg: DictConfig) -> float | None:
-        return _train_job(cfg, jobs)
-
+    SweepStart.last = None
     try:
         hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(
-            job)()
+            TrainJob(jobs, started))()
     except TrainingInterrupted as stop:  # checkpoint saved; a sweep stops here too
         worlds.teardown(world)
         if world.is_main:
-            console.print(f"[yellow]{stop}[/yellow]", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]{escape(str(stop))}[/yellow]", highlight=False, soft_wrap=True)
         return stop.exit_code
+    except MissingConfigException as err:
+        plugin = next((p for option, p in PLUGIN_EXTRAS.items()
+                       if (err.missing_cfg_file or "").startswith(option)), None)
+        if plugin is None:
+            raise
+        raise ConfigError(f"{err.missing_cfg_file} needs {plugin[0]}, which is not installed; "
+                          f"run pip install 'sft[{plugin[1]}]'") from err
     except ValueError as err:  # Optuna has no best trial when every trial failed
-        if not (jobs.sweep_dir and len(jobs.failed) == jobs.count):
+        if not (SweepStart.last and jobs.all_failed(Path(SweepStart.last))):
             raise
         log.error("%s", err)
+    except RuntimeError as err:  # submitit: sbatch refused the jobs, or a job's process died
+        if not (SweepStart.last and type(err).__module__.startswith("submitit.")):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        said = f"{first} (logs: {SweepStart.last}/.submitit/)"
+        if not collect([Path(SweepStart.last)]):
+            raise ConfigError(f"no sweep job started: {said}") from err
+        log.error("a sweep job died: %s", said)
     worlds.teardown(world)
-    if not jobs.sweep_dir:
+    if not SweepStart.last:
         if jobs.failed:
             raise jobs.failed[0][1]
         return 0
     if not world.is_main:  # rank 0 reports
         return min(len(jobs.failed), 125)
-    return end_of_sweep(Path(jobs.sweep_dir), len(jobs.failed), jobs.count, title)
+    if not jobs.count:  # a launcher ran the jobs in other processes: count their run dirs
+        return end_of_sweep(Path(SweepStart.last), title=title)
+    return end_of_sweep(Path(SweepStart.last), len(jobs.failed), jobs.count, title)
 
 
-def end_of_sweep(sweep_dir: Path, failed: int, jobs: int, title: str = "sweep") -> int:
-    """Summary table, files and plots; the exit status is the number of failed jobs."""
-    report([sweep_dir], sweep_dir, console, title=f"{title} {sweep_dir}")
+def end_of_sweep(sweep_dir: Path, failed: int | None = None, jobs: int | None = None,
+                 title: str = "sweep") -> int:
+    """Summary table, files and plots; the exit status is the number of failed jobs (without
+    counts, the jobs whose run dir does not say complete)."""
+    summary = report([sweep_dir], sweep_dir, console, title=f"{title} {sweep_dir}")
+    if failed is None or jobs is None:
+        failed = sum(job.status != "complete" for job in summary.jobs)
+        jobs = len(summary.jobs)
     if failed:
         console.print(f"[red]{failed} of {jobs} jobs failed[/red]", highlight=False)
     return min(failed, 125)
@@ -91,8 +133,53 @@ class Jobs:
 
     world: World
     failed: list[tuple[Path, BaseException]] = field(default_factory=list)
-    sweep_dir: str | None = None  # multirun only
-    count: int = 0  # jobs started so far
+    count: int = 0  # jobs started so far in this process (none when a launcher runs them elsewhere)
+
+    def all_failed(self, sweep_dir: Path) -> bool:
+        if self.count:
+            return len(self.failed) == self.count
+        return not any(job.status == "complete" for job in collect([sweep_dir]))
+
+
+class SweepStart(Callback):
+    """Hydra callback that notes where a multirun writes, in this process: the sweep dir is
+    known here even when a launcher runs every job in another process."""
+
+    OVERRIDE = f"++hydra.callbacks.sft_sweep._target_={__module__}.SweepStart"
+    last: str | None = None  # the sweep dir of this process's latest multirun
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepStart.last = str(config.hydra.sweep.dir)
+
+
+@dataclass
+class TrainJob:
+    """The Hydra task function. A launcher such as submitit pickles it and calls it in another
+    process (a Slurm job): there, unpickling registers our resolvers and sets the sweep's start
+    time, so `${started:...}` names the same dirs as here, before Hydra composes the job."""
+
+    jobs: Jobs
+    started: datetime
+
+    def __call__(self, cfg: DictConfig) -> float | None:
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            _one_task_per_job()
+        return _train_job(cfg, self.jobs)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        set_start_time(self.started)
+        register()
+
+
+def _one_task_per_job() -> None:
+    """Several submitit tasks would each train the same job into the same run dir."""
+    import submitit  # present: it started this process
+
+    tasks = submitit.JobEnvironment().num_tasks
+    if tasks > 1:
+        raise ConfigError(f"a sweep job runs as one process, not {tasks} tasks; set "
+                          "hydra.launcher.tasks_per_node=1 and hydra.launcher.nodes=1")
 
 
 def _train_job(cfg: DictConfig, jobs: Jobs) -> float | None:
@@ -102,8 +189,6 @@ def _train_job(cfg: DictConfig, jobs: Jobs) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun:
-        jobs.sweep_dir = hydra_cfg.sweep.dir
     jobs.count += 1
     start = time.perf_counter()
 

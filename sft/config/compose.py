@@ -12,6 +12,7 @@ group's option, exactly as when composing from train.yaml.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,13 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
-from hydra.errors import OverrideParseException
+from hydra.core.override_parser.types import Override, ValueType
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from sft.config.resolvers import register
 from sft.config.schema import RunConfig
-from sft.config.validate import to_run_config
+from sft.config.validate import describe, nearest, to_run_config, unknown_key
 from sft.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # shipped inside the package
@@ -74,6 +75,110 @@ def params(args: list[str]) -> dict[str, str]:
 
 def _groups() -> set[str]:
     return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def unknown_option(group: str, option: str, options: list[str]) -> str:
+    listed = nearest(option, options) or f" (options: {', '.join(options)})"
+    return f"unknown {group} option '{option}'{listed}"
+
+
+def explain(err: BaseException) -> str:
+    """One line for any composing error; a mistyped key, group or group option comes with the
+    nearest names (Hydra's own advice to append it with `+` only adds a key the schema
+    rejects)."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        return unknown_option(group, option, list(err.options))
+    return unknown_key(err, _groups()) or describe(err)
+
+
+# -- help ----------------------------------------------------------------------------------
+def groups_help(width: int = 88) -> str:
+    """Every config group with its options, the default first (train.yaml's defaults)."""
+    chosen: dict[str, Any] = {}
+    for entry in OmegaConf.load(CONFIG_DIR / f"{PRIMARY}.yaml").defaults:
+        if isinstance(entry, DictConfig):
+            (key, option), = entry.items()
+            chosen[key.removeprefix("optional ")] = option
+    lines = ["groups (group=option; the default is starred):"]
+    for group in sorted(_groups()):
+        options = [f"{o}*" if o == chosen.get(group) else o for o in _options(group)]
+        lines += _wrapped(group, options, width)
+    return "\n".join(lines)
+
+
+def train_help(args: list[str], width: int = 88) -> str:
+    """`sft train --help`: usage, groups and options, and every key of the config these
+    overrides compose (task=qa shows the QA task's keys) with its value."""
+    cfg = compose(_overrides(args))
+    plain = OmegaConf.to_container(cfg)
+    assert isinstance(plain, dict)
+    lines = [TRAIN_USAGE.strip(), "", groups_help(width), "",
+             "keys (section.key=value; the values these overrides give):"]
+    top = {k: v for k, v in plain.items() if not isinstance(v, dict)}
+    for section, node in [*((k, v) for k, v in plain.items() if k not in top), ("(top level)", top)]:
+        lines += _wrapped(section, [f"{k}={_short(v)}" for k, v in _flat(node).items()
+                                    if not k.startswith("_")], width)
+    return "\n".join(lines)
+
+
+TRAIN_USAGE = """
+usage: sft train [group=option ...] [key=value ...] [--multirun] [--cfg job] [--hydra-help]
+  sft train task=sentiment model=minilm optimizer.lr=3e-5 trainer.epochs=1
+  sft train --multirun optimizer.lr=1e-5,3e-5 seed=1,2      (a sweep; Optuna: hparams_search=optuna)
+  sft train resume=latest                                   (continue the newest run of task/model)
+  sft train trainer.max_steps=0                             (evaluate the model as loaded, no training)
+  sft train task=qa --help                                  (this help with the QA task's keys)
+"""
+
+
+def _short(value: Any, limit: int = 48) -> str:
+    """A value as an override spells it: null, true, [a,b]."""
+    if isinstance(value, list):
+        text = "[" + ",".join(_short(v, limit) for v in value) + "]"
+    elif value is None or isinstance(value, bool):
+        text = "null" if value is None else str(value).lower()
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _wrapped(name: str, items: list[str], width: int) -> list[str]:
+    """`  name     item item ...` wrapped under itself."""
+    return textwrap.wrap(" ".join(items), width, initial_indent=f"  {name:<15}",
+                         subsequent_indent=" " * 17, break_on_hyphens=False)
+
+
+def check_args(args: list[str]) -> None:
+    """What Hydra would get wrong silently or with a traceback, refused in one line before it
+    runs: an option of an `optional` group (experiment, hparams_search) that does not exist
+    (Hydra skips it), and a run dir that is an existing file (Hydra's mkdir fails)."""
+    # with a config dir or search path of the user's, a group may have more options than ours
+    own = not any(a.split("=")[0] in HYDRA_FLAGS for a in args) and not value(args, "hydra.searchpath")
+    groups = _groups() if own else set()
+    for override in parse(args):
+        group = override.key_or_group
+        if group not in groups or override.is_delete():
+            continue
+        if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            continue  # glob(...) picks among the options that exist
+        chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+            text(override)]
+        for option in chosen:
+            if option not in {"", "null", *_options(group)}:
+                raise ConfigError(unknown_option(group, option, _options(group)))
+    for key in ("run_dir", "hydra.run.dir"):
+        path = value(args, key)
+        if path and "${" not in path:
+            where = Path(path).expanduser()
+            file = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
+            if file is not None:
+                raise ConfigError(f"{key}={path}: {file} is a file, not a folder; name a new "
+                                  "or existing folder for the run")
 
 
 # -- composing -----------------------------------------------------------------------------
@@ -157,7 +262,8 @@ def resume_args(args: list[str], target: str) -> list[str]:
 def native_args(args: list[str]) -> list[str]:
     """`sft train --config-path RUN_DIR/.hydra --config-name config`: that config has no
     `hydra:` section, so give it our run dir (a new one unless run_dir= is given; never the
-    original's, which its config may name) and train.log."""
+    original's, which its config may name) and train.log. Checks the arguments first."""
+    check_args(args)
     if not any(a.split("=")[0] in HYDRA_FLAGS[:2] for a in args):
         return args
     extra = []

@@ -57,6 +57,22 @@ class AdapterConfig:
 
 
 @dataclass(frozen=True)
+class LoggerConfig:
+    """An experiment tracker fed the same records as metrics.jsonl (sft.tracking.trackers);
+    none: metrics.jsonl only. Nothing leaves the machine unless tracking_uri or mode say so."""
+
+    type: str = "none"  # none | tensorboard | mlflow | wandb
+    experiment: str | None = None  # mlflow experiment / wandb project; null: the task name
+    name: str | None = None  # the tracker run's name; null: the run dir
+    # mlflow store; null: sqlite:///<top folder of run_dir>/mlflow.db (runs/mlflow.db for the
+    # default run_dir; the parent folder for an absolute run_dir)
+    tracking_uri: str | None = None
+    entity: str | None = None  # wandb team or user; null: your default
+    mode: str = "offline"  # wandb: offline (upload later with `wandb sync`) | online | disabled
+    artifacts: bool = True  # at the end, copy best/ and curves.png into the tracker run
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dir: str | None = None  # local data root; None loads the task's hub dataset
     max_train_samples: int | None = None
@@ -81,7 +97,9 @@ BATCHING = ("examples", "tokens", "packed")
 @dataclass(frozen=True)
 class TrainerConfig:
     epochs: int = 3
-    max_steps: int = -1  # > 0 overrides epochs
+    # >= 0 overrides epochs; 0: evaluate the model as loaded and stop (the zero-shot
+    # baseline; best/ is that model); -1 or null: train for `epochs`
+    max_steps: int | None = -1
     batch_size: int = 32
     eval_batch_size: int = 128
     grad_accum: int = 1
@@ -105,6 +123,10 @@ class TrainerConfig:
     eval_first: bool | None = None
     deterministic: bool = False
     progress: bool = True
+
+    def fixed_steps(self) -> int | None:
+        """The number of optimizer steps when max_steps sets it (0 included); None: epochs."""
+        return self.max_steps if self.max_steps is not None and self.max_steps >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,7 @@ class TaskConfig:
     METRICS: ClassVar[dict[str, bool]] = {"loss": False}
     BATCHINGS: ClassVar[tuple[str, ...]] = ("examples", "tokens")  # trainer.batching it takes
     EVAL_FIRST: ClassVar[bool] = False  # default of trainer.eval_first
+    LABEL_SMOOTHING: ClassVar[bool] = True  # its training loss is a cross-entropy over labels
 
     name: str = "task"
     type: str = "classification"
@@ -137,6 +160,8 @@ class TaskConfig:
     subdir: str = ""  # folder under data.dir holding this task's files
     files: dict[str, str] = field(default_factory=dict)  # split -> file name (local mode)
     metric: str = "accuracy"  # the metric that picks the best checkpoint
+    # training loss only (torch's definition: target (1-e) one-hot + e/C); evaluation's stays plain
+    label_smoothing: float = 0.0
 
     def metrics(self) -> dict[str, bool]:
         """Every metric the evaluator reports, with its direction (True: greater is better)."""
@@ -147,6 +172,11 @@ class TaskConfig:
             raise ConfigError(f"task '{self.name}' names neither task.files nor task.hub.path")
         if self.files and "train" not in self.files:
             raise ConfigError(f"task.files has no 'train' entry (has: {sorted(self.files)})")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"task.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and not self.LABEL_SMOOTHING:
+            raise ConfigError(f"task type '{self.type}' takes no task.label_smoothing (its loss "
+                              "is not a cross-entropy over labels); remove it")
 
 
 @dataclass(frozen=True)
@@ -159,6 +189,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42
     run_dir: str = "runs/${task.name}/${model.name}/${started:%Y-%m-%d_%H-%M-%S}"
     resume: str | None = None

@@ -7,7 +7,7 @@ the task plug-ins (sft.tasks), which name their schema with `config_class`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sft.config.schema import TaskConfig
 from sft.errors import ConfigError
@@ -25,11 +25,23 @@ class ClassificationConfig(TaskConfig):
     # the head reads only the first token, so the last layer computes only that token
     # (same outputs and gradients, less compute; BERT-style models, see sft.models.cls_only)
     cls_only_last_layer: bool = True
+    # training loss sum_i w[y_i] * ce_i: null | balanced (n / (n_classes * count) over the
+    # train split) | one weight per label name; evaluation's loss stays unweighted
+    class_weights: Any = None
 
     def validate(self) -> None:
         super().validate()
         if len(self.label_names) < 2:
             raise ConfigError(f"task.label_names needs at least 2 names, got {self.label_names}")
+        w = self.class_weights
+        if w is None or w == "balanced":
+            return
+        if not (isinstance(w, list) and len(w) == len(self.label_names)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+                        for x in w) and any(w)):
+            raise ConfigError(f"task.class_weights must be balanced, null, or {len(self.label_names)} "
+                              f"weights >= 0, one per task.label_names {list(self.label_names)}; "
+                              f"got {w}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class TokenClassificationConfig(TaskConfig):
 @dataclass(frozen=True)
 class QuestionAnsweringConfig(TaskConfig):
     METRICS: ClassVar[dict[str, bool]] = {"exact_match": True, "f1": True}
+    LABEL_SMOOTHING: ClassVar[bool] = False  # the targets are span positions
 
     type: str = "qa"
     id_column: str = "id"

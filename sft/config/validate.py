@@ -3,15 +3,65 @@ messages for OmegaConf/Hydra errors."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sft.config.resolvers import register, writable_schema
 from sft.config.schema import BATCHING, RunConfig
 from sft.config.tasks import task_schema
 from sft.errors import ConfigError
+
+
+def nearest(word: str, names: Iterable[str]) -> str:
+    """`; did you mean a?` for the names closest to a mistyped one ('' when none is close):
+    whole dotted keys first, then keys whose last part is close (`lr` -> optimizer.lr)."""
+    names = {n for n in names if not word.startswith(n + ".")}  # not the word's own section
+    close = _closest(word, {n: n for n in names}, 0.75)
+    if not close:
+        close = _closest(word.rsplit(".", 1)[-1], {n: n.rsplit(".", 1)[-1] for n in names}, 0.8)
+    return f"; did you mean {' or '.join(close[:3])}?" if close else ""
+
+
+def _closest(word: str, names: dict[str, str], cutoff: float) -> list[str]:
+    """The names whose text (`names[name]`) is within a hair of the best match to `word`."""
+    score = {n: difflib.SequenceMatcher(None, word, text).ratio() for n, text in names.items()}
+    best = max(score.values(), default=0.0)
+    return sorted((n for n, r in score.items() if r >= max(cutoff, best - 0.02)),
+                  key=lambda n: (-score[n], n))
+
+
+def config_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every section and key of a config node, dotted (`trainer`, `trainer.batch_size`, ...),
+    Hydra's own `hydra` section left out."""
+    if not isinstance(node, DictConfig):
+        return []
+    keys = []
+    for key in node.keys():
+        if prefix or key != "hydra":
+            keys += [f"{prefix}{key}", *config_keys(node._get_node(key), f"{prefix}{key}.")]
+    return keys
+
+
+def unknown_key(err: BaseException, names: Iterable[str] = (), prefix: str = "") -> str | None:
+    """`unknown key 'trainer.bach_size'; did you mean trainer.batch_size?` when `err` (or its
+    cause) is OmegaConf's unknown-key error, with the nearest keys of the config it was set
+    in (plus `names`); None for any other error. `prefix`: where that config sits."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        cause = cause.__cause__
+    parent = getattr(cause, "parent_node", None)
+    if cause is None or parent is None or " not in " not in str(cause):
+        return None
+    key = prefix + str(getattr(cause, "full_key", "") or "")
+    hint = nearest(key, [*(prefix + k for k in config_keys(parent._get_root())), *names])
+    if "not in struct" in str(cause):  # a free dict (optimizer, scheduler) takes new keys
+        section = key.rsplit(".", 1)[0]
+        hint += f" (a new {section} argument is added with +{key}=...)"
+    return f"unknown key '{key}'{hint or '; `sft train --cfg job` prints every key'}"
 
 
 def describe(err: BaseException) -> str:
@@ -21,6 +71,8 @@ def describe(err: BaseException) -> str:
         cause = cause.__cause__
     if isinstance(cause, ConfigError):
         return str(cause)
+    if message := unknown_key(err):
+        return message
     message = str(err).split("Config search path")[0]  # Hydra appends its search path
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     text = lines[0] if lines else type(err).__name__
@@ -40,6 +92,8 @@ def _validated(schema: type, node: Any, where: str) -> Any:
         merged = OmegaConf.merge(writable_schema(schema), node)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
+        if message := unknown_key(err, prefix=f"{where}." if where else ""):
+            raise ConfigError(message) from err
         key = ".".join(k for k in (where, getattr(err, "full_key", None) or "") if k)
         first = (str(err).splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"config error at '{key or where}': {first}; fix or remove that key "
@@ -83,7 +137,11 @@ def _check_values(run: RunConfig) -> None:
     _check(t.batch_tokens is None or t.batch_tokens >= d.max_length,
            f"trainer.batch_tokens must be >= data.max_length ({d.max_length}) or null, "
            f"got {t.batch_tokens}")
-    _check(t.epochs >= 1 or t.max_steps > 0, "set trainer.epochs >= 1 or trainer.max_steps > 0")
+    _check(t.max_steps is None or t.max_steps >= -1,
+           f"trainer.max_steps must be >= 0 (0: evaluate only), or -1/null to train for "
+           f"trainer.epochs; got {t.max_steps}")
+    _check(t.epochs >= 1 or t.fixed_steps() is not None,
+           "set trainer.epochs >= 1 or trainer.max_steps >= 0")
     _check(t.eval_steps is None or t.eval_steps >= 1, "trainer.eval_steps must be >= 1 or null")
     _check(t.save_steps is None or t.save_steps >= 1, "trainer.save_steps must be >= 1 or null")
     _check(t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1,
@@ -111,10 +169,19 @@ def _check_values(run: RunConfig) -> None:
            f"model.architecture={m.architecture} builds a new model; it needs model.init=random")
     _check(m.freeze_layers >= 0, f"model.freeze_layers must be >= 0, got {m.freeze_layers}")
     _check_adapter(run)
+    lg = run.logger
+    _check(lg.type in {"none", "tensorboard", "mlflow", "wandb"},
+           f"logger.type must be none, tensorboard, mlflow or wandb, got '{lg.type}'")
+    _check(lg.mode in {"offline", "online", "disabled"},
+           f"logger.mode must be offline, online or disabled, got '{lg.mode}'")
     for group, node in (("optimizer", run.optimizer), ("scheduler", run.scheduler)):
         _check("_target_" in node, f"{group} has no _target_; choose one with {group}=<name>")
     lr = run.optimizer.get("lr")
     _check(isinstance(lr, (int, float)) and lr > 0, f"optimizer.lr must be a positive number, got {lr}")
+    for key in ("l1", "l2"):  # loss penalties (sft.train.optim.Penalty); absent means 0
+        value = run.optimizer.get(key) or 0
+        _check(isinstance(value, (int, float)) and value >= 0,
+               f"optimizer.{key} must be a number >= 0 (0: off), got {value}")
     run.task.validate()
     metrics = run.task.metrics()
     for key, value in (("task.metric", run.task.metric), ("trainer.metric", run.metric)):

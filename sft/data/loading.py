@@ -3,6 +3,8 @@ and cross-validation folds (data.folds / data.fold)."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +42,10 @@ def local_files(task: TaskConfig, data: DataConfig) -> dict[str, Path]:
 
 
 def _read_local(task: SplitReader, path: Path, split: str) -> Dataset:
-    custom = task.read_file(path, split)
+    try:
+        custom = task.read_file(path, split)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:  # a task's own reader (CoNLL, SQuAD)
+        raise DataError(unreadable(path, err)) from err
     if custom is not None:
         return custom
     reader = _READERS.get(path.suffix.lower())
@@ -52,10 +57,54 @@ def _read_local(task: SplitReader, path: Path, split: str) -> Dataset:
     options: dict[str, Any] = {}
     if path.suffix.lower() == ".tsv":
         options = {"delimiter": "\t", "quoting": 3}  # QUOTE_NONE: GLUE TSVs hold raw quotes
+    # datasets logs "Failed to read file ..." before raising; our one line below says it better
+    quiet, level = logging.getLogger("datasets"), logging.getLogger("datasets").level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(reader, data_files={split: str(path)}, split=split, **options)
     except Exception as err:  # datasets raises many types for malformed files
-        raise DataError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
+        raise DataError(unreadable(path, err)) from err
+    finally:
+        quiet.setLevel(level)
+
+
+def unreadable(path: Path, err: BaseException) -> str:
+    """Why a data file could not be read, as precisely as the file tells: binary content,
+    the first byte that is not UTF-8, else the innermost error (datasets wraps the real one
+    in "An error occurred while generating the dataset")."""
+    kind = path.suffix.lstrip(".").upper() or "text"
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if (nul := head.find(b"\0")) >= 0:  # text formats never hold NUL bytes
+        return (f"{path} is not a {kind} file: it holds binary data (a NUL byte at byte {nul}); "
+                "point task.files at the text file")
+    bad = first_non_utf8(path)
+    if bad is not None:
+        offset, line, byte = bad
+        return (f"{path} is not UTF-8 at byte offset {offset} (line {line}: byte 0x{byte:02x}); "
+                "save it as UTF-8 (from Latin-1: `iconv -f latin1 -t utf-8 OLD > NEW`)")
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"cannot read {path}: {(str(err).splitlines() or [type(err).__name__])[0]}"
+
+
+def first_non_utf8(path: Path, chunk: int = 1 << 20) -> tuple[int, int, int] | None:
+    """(byte offset, line number, byte) of the first byte that is not UTF-8, or None.
+    Read in chunks: a sequence cut by a chunk's end is carried into the next."""
+    offset, lines, carry = 0, 1, b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            data, carry = carry + block, b""
+            try:
+                data.decode("utf-8")
+                good = len(data)
+            except UnicodeDecodeError as err:
+                if err.end < len(data) or len(data) - err.start >= 4:
+                    good = err.start
+                    return offset + good, lines + data.count(b"\n", 0, good), data[good]
+                good, carry = err.start, data[err.start:]  # may complete in the next block
+            offset, lines = offset + good, lines + data.count(b"\n", 0, good)
+    return (offset, lines, carry[0]) if carry else None  # cut off by the end of the file
 
 
 def _row_count_at_most(path: Path, limit: int) -> bool:

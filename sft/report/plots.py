@@ -3,17 +3,16 @@ against each swept hyperparameter."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.ticker import NullFormatter
 
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from sft.report.jobs import Job, Summary
+from sft.run.rundir import METRICS_LOG
+from sft.tracking.curves import curve, pyplot, read_records
 
-from sft.report.jobs import Job, Summary  # noqa: E402
+plt = pyplot()  # headless
 
 
 def _label(job: Job, summary: Summary) -> str:
@@ -22,15 +21,7 @@ def _label(job: Job, summary: Summary) -> str:
 
 
 def _curve(job: Job, key: str) -> tuple[list[int], list[float]]:
-    path = Path(job.run_dir) / "metrics.jsonl"
-    steps, values = [], []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if row.get("split") == "validation" and isinstance(row.get(key), (int, float)):
-                steps.append(row["step"])
-                values.append(row[key])
-    return steps, values
+    return curve(read_records(Path(job.run_dir) / METRICS_LOG), "validation", key)
 
 
 def plot_curves(summary: Summary, path: Path) -> Path | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sft.errors import SftError
@@ -157,7 +158,7 @@ def report(paths: list[Path], out_dir: Path, console: Console, title: str = "swe
     for table in tables(summary, title):
         wide.print(table)
     for job in summary.failed:
-        console.print(f"[red]failed[/red] {job.name}: {job.error}", highlight=False,
+        console.print(f"[red]failed[/red] {job.name}: {escape(str(job.error))}", highlight=False,
                       soft_wrap=True)
     written = write_summary(summary, out_dir)
     console.print(f"wrote {', '.join(p.name for p in written)} to {out_dir}", highlight=False)

@@ -1,5 +1,5 @@
 """The run directory's layout and writes: resolved config, json records (env, metrics, job),
-metrics.jsonl and the model card. On non-zero DDP ranks it writes nothing."""
+metrics.jsonl, status.json, curves.png and the model card. On non-zero DDP ranks it writes nothing."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from omegaconf import OmegaConf
 from sft.config.compose import CONFIG_FILE
 from sft.config.schema import RunConfig
 from sft.files import write_text_atomic
-from sft.tasks import task_class
-from sft.tasks.text2text import CAPPED_WARNING
+from sft.run.card import card_text
+from sft.tracking.curves import CURVES_FILE, CurvesSink
 from sft.tracking.sinks import JsonlSink
+from sft.tracking.status import STATUS_FILE, StatusSink
 from sft.train.checkpoint import BEST, CHECKPOINTS
 
-__all__ = ["CONFIG_FILE", "JOB_FILE", "METRICS_LOG", "RunDir", "is_timing", "write_job_record"]
+__all__ = ["CONFIG_FILE", "CURVES_FILE", "JOB_FILE", "METRICS_LOG", "STATUS_FILE", "RunDir",
+           "is_timing", "write_job_record"]
 METRICS_LOG = "metrics.jsonl"
 JOB_FILE = "job.json"  # a sweep job's status, written by the job itself when it ends
 
@@ -59,35 +61,22 @@ class RunDir:
     def metrics_log(self) -> JsonlSink:
         return JsonlSink(self.path / METRICS_LOG, enabled=self.is_main)
 
+    def status_log(self) -> StatusSink:
+        return StatusSink(self.path / STATUS_FILE, enabled=self.is_main)
+
+    def curves(self, metric: str) -> CurvesSink:
+        return CurvesSink(self.path / METRICS_LOG, self.path / CURVES_FILE, metric,
+                          enabled=self.is_main)
+
     def write_card(self, run: RunConfig, metrics: dict[str, Any], command: str) -> None:
+        """README.md of the run dir and, the same card, of best/ (what a Hub upload of best/
+        shows); call it after best/ is final (an adapter merge rewrites the folder)."""
         if not self.is_main:
             return
-        rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                         for k, v in sorted(metrics.items()))
-        data = f"`{run.data.dir}/{run.task.subdir}`" if run.data.dir else f"hub `{run.task.hub.path}`"
-        (self.path / "README.md").write_text(
-            f"# {run.task.name} / {run.model.name}\n\n"
-            f"Fine-tuned `{run.model.name_or_path}` for **{run.task.name}** "
-            f"({run.task.type}) with sft.\n\n"
-            f"- data: {data}\n- seed: {run.seed}\n"
-            f"- best model: `best/` (transformers: `{_load_best(run)}`; "
-            f"`sft predict {self.path} --input in.jsonl --output out.jsonl`)\n\n"
-            f"{_warnings(metrics)}## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
-            f"## Reproduce\n\n```\n{command}\nsft reproduce {self.path}\n```\n"
-        )
-
-
-def _warnings(metrics: dict[str, Any]) -> str:
-    """What a reader must see before the scores (generations cut at max_new_tokens)."""
-    lines = [f"- **{100 * v:.0f}% of the {k.split('/')[0]} generations hit "
-             "task.generation.max_new_tokens**: they were cut short; raise it before trusting "
-             "the scores\n" for k, v in metrics.items()
-             if k.endswith("/max_new_tokens_hit") and v > CAPPED_WARNING]
-    return f"## Warnings\n\n{''.join(lines)}\n" if lines else ""
-
-
-def _load_best(run: RunConfig) -> str:
-    return task_class(run.task.type).load_best
+        text = card_text(run, metrics, command, self.path, self.best)
+        (self.path / "README.md").write_text(text)
+        if self.best.is_dir():
+            (self.best / "README.md").write_text(text)
 
 
 def write_job_record(run_dir: Path, overrides: list[str], seconds: float,

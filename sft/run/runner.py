@@ -33,6 +33,7 @@ from sft.run.rundir import METRICS_LOG, RunDir
 from sft.tasks import build_task
 from sft.tasks.base import Task
 from sft.tracking.sinks import Sinks
+from sft.tracking.trackers import require, trackers
 from sft.train import checkpoint
 from sft.train.interrupt import TrainingInterrupted
 from sft.train.seeding import seed_everything
@@ -83,6 +84,7 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     apply_threads(run.hardware)
     run_dir = RunDir(run.run_dir, is_main=world.is_main)
     start = resume_point(run, run_dir)
+    require(run.logger)  # a missing tracker package fails now, not after loading the model
     seed_everything(run.seed, run.trainer.deterministic)
     device = resolve_device(run.hardware, world.local_rank)
     prepared = prepare(run)
@@ -112,16 +114,20 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     preview = prepared.task.preview(prepared.features["train"])
     if preview is not None and world.is_main:  # what the loss is on, for a user to check
         (run_dir.path / PREVIEW_FILE).write_text(preview)
-    sinks = Sinks(run_dir.metrics_log())
-    trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features,
-                      run_dir.path, sinks, make_strategy(world, device), console)
-    if start is not None:
-        trainer.resume_from(start)
-        log.info("resumed from %s (step %d of %d)", start, trainer.step, trainer.total_steps)
-    elif run.resume:
-        sinks.jsonl.truncate(0)
-        trainer.samples.truncate(0)
-    try:
+    replay_from = None if not run.resume else checkpoint.step_of(start) + 1 if start else 0
+    # trackers last: curves.png exists when they upload it
+    sinks = Sinks(run_dir.metrics_log(), run_dir.status_log(), run_dir.curves(run.metric),
+                  *trackers(run, run_dir.path, run_dir.path / METRICS_LOG, replay_from,
+                            world.is_main))
+    try:  # from here on the sinks record how the run ends (status.json, curves.png)
+        trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features,
+                          run_dir.path, sinks, make_strategy(world, device), console)
+        if start is not None:
+            trainer.resume_from(start)
+            log.info("resumed from %s (step %d of %d)", start, trainer.step, trainer.total_steps)
+        elif run.resume:
+            sinks.jsonl.truncate(0)
+            trainer.samples.truncate(0)
         metrics = trainer.fit()
     except BaseException as err:
         sinks.close("interrupted" if isinstance(err, TrainingInterrupted) else "failed")
@@ -129,9 +135,9 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     sinks.close("complete")
     metrics.update({"params/trainable": trainable, "params/total": total})
     run_dir.write_json("metrics.json", metrics)
-    run_dir.write_card(run, metrics, env["command"])  # a resumed run shows the original
     if run.adapter.type != "none" and run.adapter.merge_best and world.is_main:
         merge_best(run, run_dir.path)
+    run_dir.write_card(run, metrics, env["command"])  # a resumed run shows the original
     log.info("done: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                    if isinstance(v, float)))
     return metrics

@@ -9,6 +9,10 @@ model outputs into metrics and predictions. The trainer knows nothing else about
     counts(batch) -> Counts              (examples, real tokens, loss targets; no forward)
     loss(model, batch) -> loss sum       (summed over the batch's targets: the trainer divides
                                           by the targets of the whole step, on every rank)
+    train_loss(model, batch) -> loss sum (what the trainer minimizes: loss() with the training-
+                                          only terms, task.label_smoothing / class_weights;
+                                          evaluation reports the plain loss)
+    prepare_training(train features)     (statistics of the training split the loss needs)
     evaluator() -> Evaluator             (update(model, batch) streaming; state/merge across
                                           ranks; compute() -> dict)
     predict(model, records) -> list[dict]
@@ -179,6 +183,15 @@ class Task:
     def loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_sum(self.forward(model, batch), batch)
 
+    def train_loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+        """The sum the trainer minimizes; families with a cross-entropy over labels add
+        task.label_smoothing (and class weights) here, so evaluation's loss stays plain."""
+        return self.loss(model, batch)
+
+    def prepare_training(self, train: Dataset) -> None:
+        """Called by the trainer with the training features before the first step (e.g.
+        balanced class weights); nothing by default."""
+
     def evaluator(self) -> Evaluator:
         raise NotImplementedError
 
@@ -193,7 +206,11 @@ class Task:
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor,
-                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Summed cross-entropy over every label that is not `ignore_index`, in fp32."""
+                      ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy over every label that is not `ignore_index`, in fp32, with torch's
+    label smoothing and class weights: sum_i w_{y_i} ce_i, not torch's weighted mean (which
+    divides by sum_i w_{y_i}), since the trainer divides by the step's number of targets."""
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, -2), labels.flatten(),
-                                             ignore_index=ignore_index, reduction="sum")
+                                             weight=weight, ignore_index=ignore_index,
+                                             reduction="sum", label_smoothing=label_smoothing)

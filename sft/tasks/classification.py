@@ -40,10 +40,28 @@ class ClassificationEvaluator(Evaluator):
         return classification_metrics(self.labels, self.preds)
 
 
+def class_weights(config: ClassificationConfig, train: Dataset) -> torch.Tensor | None:
+    """task.class_weights as one weight per label id: a list as given; `balanced` as
+    scikit-learn's compute_class_weight, n_samples / (n_classes * count) over the training
+    split, whose mean over the training examples is then 1."""
+    if config.class_weights is None:
+        return None
+    if config.class_weights != "balanced":
+        return torch.tensor(config.class_weights, dtype=torch.float)
+    labels = torch.tensor(train.select_columns(["labels"]).with_format("numpy")[:]["labels"])
+    counts = torch.bincount(labels, minlength=len(config.label_names))
+    missing = [n for n, c in zip(config.label_names, counts.tolist(), strict=True) if c == 0]
+    if missing:
+        raise DataError(f"task.class_weights=balanced: label(s) {missing} never occur in the "
+                        "train split; give task.class_weights as a list, one weight per label")
+    return len(labels) / (len(counts) * counts.float())
+
+
 class ClassificationTask(Task):
     config_class = ClassificationConfig
     load_best = 'pipeline("text-classification", model="best")'
     config: ClassificationConfig
+    class_weights: torch.Tensor | None = None  # per label id (prepare_training)
 
     def _text_columns(self) -> list[str]:
         c = self.config
@@ -92,6 +110,21 @@ class ClassificationTask(Task):
 
     def loss_sum(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         return cross_entropy_sum(outputs.logits, batch["labels"])
+
+    def prepare_training(self, train: Dataset) -> None:
+        self.class_weights = class_weights(self.config, train)
+        if self.class_weights is not None:
+            log.info("task.class_weights=%s: %s", self.config.class_weights, ", ".join(
+                f"{n} {w:.4g}" for n, w in zip(self.config.label_names,
+                                                self.class_weights.tolist(), strict=True)))
+
+    def train_loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+        logits = self.forward(model, batch).logits
+        weights = self.class_weights
+        if weights is not None and weights.device != logits.device:
+            weights = self.class_weights = weights.to(logits.device)
+        return cross_entropy_sum(logits, batch["labels"],
+                                 label_smoothing=self.config.label_smoothing, weight=weights)
 
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
         model = load_labelled_model(AutoModelForSequenceClassification, model_cfg,

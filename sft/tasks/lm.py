@@ -128,14 +128,16 @@ class CausalLM(_LanguageModel):
         return model(**{k: v for k, v in batch.items() if k in self.model_inputs}, use_cache=False,
                      **kwargs)
 
-    def loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, model: PreTrainedModel, batch: dict[str, Any],
+             label_smoothing: float = 0.0) -> torch.Tensor:
         """The LM head and its cross-entropy run on the target positions only: on alpaca
         about half the tokens are prompt, and the head (tokens x 49k vocabulary for SmolLM2)
         is the biggest matmul of a small LM (a step on CPU: 12.8 s -> 8.5 s). The model's
         own head runs on one position, so the last hidden state is checked against it once
         (a model that scales or caps its logits keeps the full path)."""
         if self.head_on_targets is False:
-            return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"])
+            return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"],
+                                     label_smoothing=label_smoothing)
         outputs = self.forward(model, batch, output_hidden_states=True, logits_to_keep=1)
         hidden = outputs.hidden_states[-1]
         head = getattr(model, "module", model).get_output_embeddings()  # DDP: the module
@@ -144,9 +146,10 @@ class CausalLM(_LanguageModel):
                 self.head_on_targets = torch.allclose(
                     head(hidden[:, -1:]).float(), outputs.logits.float(), atol=1e-3, rtol=1e-3)
             if not self.head_on_targets:
-                return self.loss(model, batch)
+                return self.loss(model, batch, label_smoothing)
         keep = batch["labels"] != IGNORE_INDEX
-        return cross_entropy_sum(head(hidden[keep]), batch["labels"][keep])
+        return cross_entropy_sum(head(hidden[keep]), batch["labels"][keep],
+                                 label_smoothing=label_smoothing)
 
     def inputs_to_generate_from(self, batch: dict[str, Any]) -> list[list[int]]:
         """Each row's prompt: its tokens up to the one that predicts the first target."""
@@ -248,8 +251,10 @@ class Seq2SeqLM(_LanguageModel):
         return model(**inputs, attention_mask=batch["attention_mask"],
                      decoder_input_ids=batch["decoder_input_ids"], use_cache=False, **kwargs)
 
-    def loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
-        return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"])
+    def loss(self, model: PreTrainedModel, batch: dict[str, Any],
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"],
+                                 label_smoothing=label_smoothing)
 
     def evaluate_batch(self, model: PreTrainedModel, batch: dict[str, Any],
                        gen: GenerationConfig) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -299,3 +304,6 @@ class LMTask(Task):
 
     def loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
         return self.lm.loss(model, batch)
+
+    def train_loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+        return self.lm.loss(model, batch, self.config.label_smoothing)

@@ -142,6 +142,10 @@ class TokenClassificationTask(Task):
     def loss_sum(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         return cross_entropy_sum(outputs.logits, batch["labels"])
 
+    def train_loss(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+        return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"],
+                                 label_smoothing=self.config.label_smoothing)
+
     def build_model(self, model_cfg: ModelConfig) -> PreTrainedModel:
         return load_labelled_model(AutoModelForTokenClassification, model_cfg, list(self.config.label_names))
 

@@ -1,9 +1,10 @@
 """Optimizer and LR schedule construction.
 
 `optimizer` and `scheduler` configs are Hydra `_target_` + `_partial_` nodes, so any
-torch optimizer or schedule can be named. Two keys of the optimizer node are ours, not the
-optimizer's: `weight_decay` is applied only to weight matrices (never biases or norms), and
-`layer_decay` scales each layer's LR by decay^(distance from the top).
+torch optimizer or schedule can be named. Four keys of the optimizer node are ours, not the
+optimizer's: `weight_decay` is applied only to weight matrices (never biases or norms),
+`layer_decay` scales each layer's LR by decay^(distance from the top), and `l2` / `l1` add
+l2 * ||theta||^2 + l1 * ||theta||_1 to the loss (see Penalty).
 """
 
 from __future__ import annotations
@@ -20,7 +21,31 @@ from torch.optim.lr_scheduler import LambdaLR
 from sft.errors import ConfigError
 from sft.models.freezing import is_embedding, layer_index, num_layers
 
-_OURS = ("weight_decay", "layer_decay")
+_PENALTIES = ("l1", "l2")
+
+
+class Penalty:
+    """`optimizer.l2 * ||theta||^2 + optimizer.l1 * ||theta||_1`, added to the loss as written
+    (coupled: the gradient gains 2 * l2 * theta + l1 * sign(theta), which an adaptive optimizer
+    then rescales, unlike AdamW's decoupled weight_decay). theta is every trainable parameter,
+    biases and norms included, as the formula says; frozen weights are no parameters of the fit.
+    False when both are 0: the loop then does no extra work."""
+
+    def __init__(self, model: torch.nn.Module, node: dict[str, Any]) -> None:
+        self.l1, self.l2 = (float(node.get(key) or 0.0) for key in _PENALTIES)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def __bool__(self) -> bool:
+        return bool(self.params) and bool(self.l1 or self.l2)
+
+    def __call__(self) -> torch.Tensor:
+        """The penalty as a differentiable fp32 scalar."""
+        total = torch.zeros((), device=self.params[0].device)
+        if self.l2:
+            total = total + self.l2 * torch.stack([p.float().square().sum() for p in self.params]).sum()
+        if self.l1:
+            total = total + self.l1 * torch.stack([p.float().abs().sum() for p in self.params]).sum()
+        return total
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
@@ -55,6 +80,8 @@ def build_optimizer(model: torch.nn.Module, node: dict[str, Any]) -> torch.optim
     node = dict(node)
     weight_decay = float(node.pop("weight_decay", 0.0) or 0.0)
     layer_decay = node.pop("layer_decay", None)
+    for key in _PENALTIES:  # terms of the loss (Penalty), not optimizer arguments
+        node.pop(key, None)
     groups = param_groups(model, float(node["lr"]), weight_decay, layer_decay)
     for group in groups:
         group.pop("names")

@@ -3,13 +3,17 @@
 Trainer(run, task, model, tokenizer, features, out_dir, sinks).fit() trains and returns the
 final metrics. Every feature is a config flag:
 
-- length: `trainer.epochs`, or `trainer.max_steps` (> 0 wins); one step = one optimizer update
+- length: `trainer.epochs`, or `trainer.max_steps` (>= 0 wins); one step = one optimizer update;
+  max_steps=0 evaluates the model as loaded (step-0 record, best/ = that model) and stops
 - `trainer.batch_size` x `trainer.grad_accum` micro-batches per step (`trainer.batching`:
   how batches are cut); `trainer.max_grad_norm`
 - the loss is a per-target mean over the whole optimizer step: the task returns sums, the
   loop divides by the step's targets counted over every micro-batch and rank, so the update
   does not depend on how a step is cut into micro-batches or ranks
 - LR: `optimizer` (param groups, no decay on bias/norms, `layer_decay`) and `scheduler` (warmup)
+- regularizers: `optimizer.l2` / `optimizer.l1` add l2*||theta||^2 + l1*||theta||_1 to the loss
+  once per step (logged as `penalty`; the logged `loss` is the data term alone);
+  `task.label_smoothing`, `task.class_weights` change the training loss only (Task.train_loss)
 - evaluation every `trainer.eval_steps` (default: each epoch end) and at the end, streamed
   and sharded across ranks; `trainer.metric` (direction from the task) picks best/,
   `trainer.early_stopping_patience` stops after that many evaluations without improvement
@@ -54,7 +58,7 @@ from sft.train import checkpoint
 from sft.train.evaluation import evaluate
 from sft.train.interrupt import StopOnSignals, TrainingInterrupted
 from sft.train.meter import Meter
-from sft.train.optim import build_optimizer, build_scheduler
+from sft.train.optim import Penalty, build_optimizer, build_scheduler
 from sft.train.sampling import batch_plan, epoch_seed, make_loader
 from sft.train.seeding import rng_state, set_rng_state
 
@@ -92,10 +96,13 @@ class Trainer:
         if t.batching == "packed":  # refuse to train when packed documents would leak
             check_isolation(self.model, self.device)
         self.steps_per_epoch = max(1, math.ceil(self.batches.per_epoch / t.grad_accum))
-        self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
+        fixed = t.fixed_steps()
+        self.total_steps = fixed if fixed is not None else t.epochs * self.steps_per_epoch
         self.eval_every = t.eval_steps or self.steps_per_epoch
         self.save_every = t.save_steps or self.eval_every
         self.optimizer = build_optimizer(self.model, run.optimizer)
+        self.penalty = Penalty(self.model, run.optimizer)
+        task.prepare_training(features["train"])
         self.scheduler = build_scheduler(self.optimizer, run.scheduler, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.pad = pad_multiple(t.pad_to_multiple_of, self.device)
@@ -135,7 +142,8 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         t = self.run.trainer
-        if self.step == 0 and self.run.eval_first:  # the model as loaded: the baseline
+        # the model as loaded: the baseline (all there is to a max_steps=0 run)
+        if self.step == 0 and (self.run.eval_first or self.total_steps == 0):
             self._evaluate_and_select()
         stream = self._steps()
         window_start = time.perf_counter()
@@ -172,8 +180,16 @@ class Trainer:
         return self._final_metrics()
 
     def _train_step(self, micro_batches: list[dict[str, Any]]) -> None:
-        """One optimizer update over the step's micro-batches, the loss normalized by the
-        number of targets of the whole step on every rank."""
+        """One optimizer update over the step's micro-batches."""
+        self.meter.add_step(*self.backward(micro_batches))
+        self._optimizer_step()
+
+    def backward(self, micro_batches: list[dict[str, Any]]) -> tuple[torch.Tensor, int, int,
+                                                                      int, int]:
+        """Gradients of one step's loss L0 + penalty: L0 the task's training loss summed over
+        the micro-batches and divided by the number of targets of the whole step on every
+        rank. Returns this rank's L0 sum and the step's examples, tokens, targets and
+        positions over all ranks."""
         counts = [self.task.counts(batch) for batch in micro_batches]
         examples, tokens, targets, positions = self.strategy.sum_counts(
             [sum(getattr(c, key) for c in counts)
@@ -182,13 +198,18 @@ class Trainer:
         per_rank_targets = max(targets, 1) / self.strategy.world.size
         step_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
-            with self.strategy.no_sync(self.wrapped, last_micro_batch=i == len(micro_batches) - 1):
+            last = i == len(micro_batches) - 1
+            with self.strategy.no_sync(self.wrapped, last_micro_batch=last):
                 with autocast(self.device, self.dtype):
-                    loss_sum = self.task.loss(self.wrapped, to_device(batch, self.device))
-                self.scaler.scale(loss_sum / per_rank_targets).backward()
+                    loss_sum = self.task.train_loss(self.wrapped, to_device(batch, self.device))
+                loss = loss_sum / per_rank_targets
+                if last and self.penalty:
+                    # once per step, in the backward DDP reduces: every rank adds the same
+                    # gradient and their average keeps exactly one
+                    loss = loss + self.penalty()
+                self.scaler.scale(loss).backward()
             step_loss += loss_sum.detach()
-        self.meter.add_step(step_loss, examples, tokens, targets, positions)
-        self._optimizer_step()
+        return step_loss, examples, tokens, targets, positions
 
     def _optimizer_step(self) -> None:
         t = self.run.trainer
@@ -208,6 +229,9 @@ class Trainer:
         check_finite(window["loss"], self.step)
         record = {"split": "train", "step": self.step, "epoch": self._epoch(),
                   "lr": self.scheduler.get_last_lr()[0], **window}
+        if self.penalty:  # at the window's end (the same on every rank); apart from the loss
+            with torch.no_grad():
+                record["penalty"] = float(self.penalty())
         self.sinks.log(record)
         return record
 
@@ -306,7 +330,7 @@ class Trainer:
     # -- results -------------------------------------------------------------------------
     def _final_metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = {
-            **self.meter.summary(), "train/steps": self.step,
+            **(self.meter.summary() if self.step else {}), "train/steps": self.step,
             "best/step": self.best["step"], "best/metric": f"validation/{self.run.metric}",
             "best/value": self.best["value"], "best/greater_is_better": self.run.greater_is_better,
         }
