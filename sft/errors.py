@@ -1,4 +1,5 @@
-"""User-facing errors: each one is printed as a single line and exits with status 2."""
+"""User-facing errors: each one is printed as a single line and exits with status 2 (or its
+`exit_code`)."""
 
 
 class SftError(Exception):
@@ -19,3 +20,9 @@ class ModelError(SftError):
 
 class TrainingError(SftError):
     """Training diverged (non-finite loss) or otherwise cannot go on with these settings."""
+
+
+class WorkerFailed(SftError):
+    """A process of a several-process run died or crashed; the launcher stopped the others."""
+
+    exit_code = 1

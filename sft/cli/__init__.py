@@ -85,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SFT_DEBUG") == "1" or not is_user_error(err):
             raise
         console.print(f"[red]error:[/red] {escape(describe(err))}", highlight=False, soft_wrap=True)
-        return 2
+        return getattr(err, "exit_code", 2)

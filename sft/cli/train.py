@@ -9,6 +9,7 @@ its run dir and job.json, and this process reports the sweep from those files.""
 from __future__ import annotations
 
 import logging
+import logging.config
 import os
 import shutil
 import sys
@@ -19,24 +20,28 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
 from sft.cli.console import console, error_message, quiet_progress_bars
 from sft.config.compose import CONFIG_DIR, PRIMARY, RUN_DIR_PRIMARY, native_args, resume_args, value
 from sft.config.resolvers import register, set_start_time
+from sft.config.schema import RunConfig
 from sft.config.validate import to_run_config
 from sft.errors import ConfigError, SftError
 from sft.parallel import world as worlds
+from sft.parallel.launch import LauncherStopped, launch, share_cpu_threads
 from sft.parallel.world import World
 from sft.report.jobs import collect
 from sft.report.summary import report
 from sft.run.rundir import write_job_record
 from sft.run.runner import train
+from sft.train import checkpoint
 from sft.train.interrupt import TrainingInterrupted
 
 log = logging.getLogger("sft")
@@ -198,7 +203,12 @@ def _train_job(cfg: DictConfig, jobs: Jobs) -> float | None:
 
     try:
         run = replace(to_run_config(cfg), run_dir=str(run_dir))
-        metrics = train(run, overrides, console, jobs.world)
+        nproc = processes(run)
+        if nproc > 1 and not worlds.launched():
+            job_logging = OmegaConf.to_container(hydra_cfg.job_logging, resolve=True)
+            metrics = _launch_workers(run, overrides, nproc, job_logging)
+        else:
+            metrics = train(run, overrides, console, jobs.world)
     except Exception as err:
         if os.environ.get("SFT_DEBUG") == "1":
             raise
@@ -213,6 +223,54 @@ def _train_job(cfg: DictConfig, jobs: Jobs) -> float | None:
         return None
     record()
     return metrics.get("best/value")
+
+
+def processes(run: RunConfig) -> int:
+    """How many processes `parallel` asks for; null: one per visible GPU (1 on CPU)."""
+    if run.parallel.strategy == "none":
+        return 1
+    return run.parallel.nproc_per_node or max(1, torch.cuda.device_count())
+
+
+def _launch_workers(run: RunConfig, overrides: list[str], nproc: int,
+                    job_logging: Any) -> dict[str, Any]:
+    """Train `run` in `nproc` processes of this machine started by torch's elastic launcher;
+    rank 0's metrics. A stop (a signal to this process, or to the workers) ends as in one
+    process: every rank saves the same step, TrainingInterrupted, exit 128 + signal."""
+    run_dir = Path(run.run_dir)
+    log.info("starting %d processes (parallel=%s) through torch's elastic launcher", nproc,
+             run.parallel.strategy)
+    try:
+        results = launch(_worker, (run, overrides, job_logging), nproc,
+                         run.parallel.shutdown_timeout_s, f"resume with: sft train resume={run_dir}")
+    except LauncherStopped as stop:  # the workers got the signal and saved (or were killed)
+        saved = checkpoint.latest_valid(run_dir / checkpoint.CHECKPOINTS)
+        raise TrainingInterrupted(stop.signum, checkpoint.step_of(saved) if saved else 0,
+                                  run_dir, saved is not None) from None
+    for result in results:
+        if isinstance(result, TrainingInterrupted):
+            raise result
+    return results[0]
+
+
+def _worker(run: RunConfig, overrides: list[str], job_logging: Any) -> Any:
+    """One process of `_launch_workers`: joins the process group and trains. Rank 0 logs as
+    the Hydra job does (console and train.log), the others only warnings."""
+    world = worlds.setup()
+    if world.is_main:
+        logging.config.dictConfig(job_logging)
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+    quiet_progress_bars()
+    share_cpu_threads()
+    try:
+        metrics = train(run, overrides, console, world)
+    except TrainingInterrupted as stop:  # every rank stopped at the same step and saved
+        result: Any = stop
+    else:
+        result = metrics
+    worlds.teardown(world)
+    return result
 
 
 def _remove_if_untouched(run_dir: Path) -> None:

@@ -36,6 +36,9 @@ class ModelConfig:
     attn_implementation: str | None = None
     # load the base in 4 bits (nf4, bitsandbytes, CUDA only) to train adapters on it (QLoRA)
     quantization: str | None = None
+    # recompute each block's activations in the backward instead of keeping them: less
+    # memory for ~1/3 more compute (non-reentrant torch.utils.checkpoint)
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,28 @@ class HardwareConfig:
     num_threads: int | None = None  # torch CPU threads; null: torch's default (physical cores)
 
 
+# how one run spreads over processes (sft.parallel.strategies)
+STRATEGIES = ("none", "ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """none: one process (DDP when an external torchrun/srun starts several); ddp: a model
+    replica per process; fsdp: parameters, gradients and optimizer state sharded (FSDP2)."""
+
+    strategy: str = "none"
+    # processes sft starts on this machine through torch's elastic launcher; null: one per
+    # visible GPU (1 on CPU). Ignored under an external launcher, which sets the world.
+    nproc_per_node: int | None = None
+    # a stopping worker's time to save its checkpoint before the launcher kills it; a worker
+    # that dies takes the others down within the same bound
+    shutdown_timeout_s: int = 30
+    # fsdp: free each block's gathered parameters after its forward (ZeRO-3; false: ZeRO-2,
+    # faster, more memory)
+    reshard_after_forward: bool = True
+    cpu_offload: bool = False  # fsdp: sharded parameters, gradients and optimizer on the host
+
+
 @dataclass(frozen=True)
 class HubDataset:
     path: str | None = None  # e.g. "stanfordnlp/sst2"
@@ -188,6 +213,7 @@ class RunConfig:
     scheduler: dict[str, Any] = field(default_factory=dict)  # _target_ + _partial_
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sft.config.resolvers import register, writable_schema
-from sft.config.schema import BATCHING, RunConfig
+from sft.config.schema import BATCHING, STRATEGIES, RunConfig
 from sft.config.tasks import task_schema
 from sft.errors import ConfigError
 
@@ -169,6 +169,7 @@ def _check_values(run: RunConfig) -> None:
            f"model.architecture={m.architecture} builds a new model; it needs model.init=random")
     _check(m.freeze_layers >= 0, f"model.freeze_layers must be >= 0, got {m.freeze_layers}")
     _check_adapter(run)
+    _check_parallel(run)
     lg = run.logger
     _check(lg.type in {"none", "tensorboard", "mlflow", "wandb"},
            f"logger.type must be none, tensorboard, mlflow or wandb, got '{lg.type}'")
@@ -187,6 +188,26 @@ def _check_values(run: RunConfig) -> None:
     for key, value in (("task.metric", run.task.metric), ("trainer.metric", run.metric)):
         _check(value in metrics, f"{key} '{value}' is not computed by task '{run.task.name}' "
                                  f"(available: {', '.join(sorted(metrics))})")
+
+
+def _check_parallel(run: RunConfig) -> None:
+    p = run.parallel
+    _check(p.strategy in STRATEGIES,
+           f"parallel.strategy must be one of {', '.join(STRATEGIES)}, got '{p.strategy}'")
+    _check(p.nproc_per_node is None or p.nproc_per_node >= 1,
+           f"parallel.nproc_per_node must be >= 1 or null, got {p.nproc_per_node}")
+    _check(p.strategy != "none" or (p.nproc_per_node or 1) == 1,
+           f"parallel.nproc_per_node={p.nproc_per_node} starts several processes; choose how "
+           "they share the model with parallel=ddp or parallel=fsdp")
+    _check(p.shutdown_timeout_s >= 1,
+           f"parallel.shutdown_timeout_s must be >= 1, got {p.shutdown_timeout_s}")
+    if p.strategy == "fsdp":
+        _check(not (run.optimizer.get("l1") or run.optimizer.get("l2")),
+               "optimizer.l1/l2 penalties are not supported with parallel=fsdp (the parameters "
+               "are sharded); use optimizer.weight_decay")
+        _check(run.adapter.type == "none",
+               "adapter=lora with parallel=fsdp is not supported yet; use parallel=ddp (the "
+               "base is frozen, so each replica holds little more than the model)")
 
 
 def _check_adapter(run: RunConfig) -> None:

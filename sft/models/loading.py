@@ -20,7 +20,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from sft.config.schema import ModelConfig
-from sft.errors import ModelError
+from sft.errors import ConfigError, ModelError
 from sft.models.freezing import freeze
 from sft.models.gguf import materialize_gguf
 
@@ -184,3 +184,18 @@ def load_labelled_model(auto_class: Any, cfg: ModelConfig,
     return load_model(auto_class, cfg, num_labels=len(label_names),
                       id2label=dict(enumerate(label_names)),
                       label2id={name: i for i, name in enumerate(label_names)})
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """`model.gradient_checkpointing=true`: every block's activations recomputed in the
+    backward (non-reentrant torch.utils.checkpoint, which works with frozen inputs and LoRA)."""
+    if not model.supports_gradient_checkpointing:
+        raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing; "
+                          "set model.gradient_checkpointing=false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model.config, "use_cache", None):  # a cache is of no use in training
+        model.config.use_cache = False

@@ -16,7 +16,7 @@ from sft.config.schema import AdapterConfig, ModelConfig, RunConfig
 from sft.errors import ModelError
 from sft.files import sha256_file
 from sft.models.adapters import attach
-from sft.models.loading import weight_files
+from sft.models.loading import enable_gradient_checkpointing, weight_files
 from sft.tasks.base import Task
 
 log = logging.getLogger("sft")
@@ -28,6 +28,8 @@ def build_model(run: RunConfig, task: Task) -> PreTrainedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
         model = task.build_model(run.model)
+        if run.model.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         if run.adapter.type != "none":
             model = attach(model, run.adapter, run.model.freeze_layers)
     return model

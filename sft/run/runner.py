@@ -23,7 +23,7 @@ from sft.errors import ConfigError, SftError
 from sft.files import sha256_file
 from sft.models.adapters import adapter_folder, merge, parameter_counts
 from sft.models.loading import load_tokenizer, weight_files
-from sft.parallel.device import apply_threads, describe_device, resolve_device
+from sft.parallel.device import apply_threads, autocast_dtype, describe_device, resolve_device
 from sft.parallel.strategies import make_strategy
 from sft.parallel.world import World
 from sft.run.environment import environment
@@ -121,7 +121,9 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
                             world.is_main))
     try:  # from here on the sinks record how the run ends (status.json, curves.png)
         trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features,
-                          run_dir.path, sinks, make_strategy(world, device), console)
+                          run_dir.path, sinks, make_strategy(world, device, run.parallel,
+                                                      autocast_dtype(run.hardware, device)),
+                          console)
         if start is not None:
             trainer.resume_from(start)
             log.info("resumed from %s (step %d of %d)", start, trainer.step, trainer.total_steps)

@@ -38,7 +38,8 @@ def generation_kwargs(gen: GenerationConfig, stops: list[int], pad_id: int) -> d
     return {**kwargs, "eos_token_id": stops, "pad_token_id": pad_id}
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: under FSDP2 the parameters gathered here are reused in training
+@torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[list[int]],
              gen: GenerationConfig, stops: list[int], *, decoder_only: bool,
              batch_size: int = 8) -> list[dict[str, Any]]:

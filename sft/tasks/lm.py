@@ -62,6 +62,12 @@ class _LanguageModel:
                         decoder_only=self.decoder_only, batch_size=batch_size)
 
 
+def sharded(model: PreTrainedModel) -> bool:
+    """FSDP2-sharded (sft.parallel.strategies): a submodule outside a sharded unit, such as
+    the LM head called on its own, only holds its shard, so the model runs whole."""
+    return bool(getattr(model, "_is_fsdp_managed_module", False))
+
+
 class CausalLM(_LanguageModel):
     decoder_only = True
     model_inputs = ("input_ids", "attention_mask", "position_ids")
@@ -135,7 +141,7 @@ class CausalLM(_LanguageModel):
         is the biggest matmul of a small LM (a step on CPU: 12.8 s -> 8.5 s). The model's
         own head runs on one position, so the last hidden state is checked against it once
         (a model that scales or caps its logits keeps the full path)."""
-        if self.head_on_targets is False:
+        if self.head_on_targets is False or sharded(model):
             return cross_entropy_sum(self.forward(model, batch).logits, batch["labels"],
                                      label_smoothing=label_smoothing)
         outputs = self.forward(model, batch, output_hidden_states=True, logits_to_keep=1)
@@ -260,10 +266,15 @@ class Seq2SeqLM(_LanguageModel):
                        gen: GenerationConfig) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """The batch's loss sum and a generation per row, the encoder run once for both (HF's
         Seq2SeqTrainer runs it twice: in generate and in the loss forward)."""
-        encoded = model.get_encoder()(input_ids=batch["input_ids"],
-                                      attention_mask=batch["attention_mask"])
-        logits = self.forward(model, batch, encoder_outputs=encoded).logits
-        out = model.generate(attention_mask=batch["attention_mask"], encoder_outputs=encoded,
+        if sharded(model):  # the encoder alone cannot run: its embeddings live in the root
+            encoded, inputs = None, {"input_ids": batch["input_ids"]}
+            logits = self.forward(model, batch).logits
+        else:
+            encoded = model.get_encoder()(input_ids=batch["input_ids"],
+                                          attention_mask=batch["attention_mask"])
+            inputs = {"encoder_outputs": encoded}
+            logits = self.forward(model, batch, encoder_outputs=encoded).logits
+        out = model.generate(attention_mask=batch["attention_mask"], **inputs,
                              use_cache=True, **generation_kwargs(gen, self.stops, self.pad_id))
         return (cross_entropy_sum(logits, batch["labels"]),
                 decode_new(self.tokenizer, out, 1, self.stops, gen.max_new_tokens))

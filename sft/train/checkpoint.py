@@ -22,11 +22,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.files import sha256_file
 from sft.models.adapters import adapter_folder, load_adapter_weights
-from sft.parallel.strategies import SingleProcess
+from sft.parallel.strategies import SingleProcess, load_sharded, save_sharded
 
 STATE_FILE = "trainer_state.pt"
 CHECKPOINTS, BEST = "checkpoints", "best"  # folders of a run dir
 MANIFEST = "manifest.json"
+SHARDED = "sharded"  # a sharded strategy's model + optimizer (torch.distributed.checkpoint)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 log = logging.getLogger("sft")
 
@@ -40,10 +41,20 @@ def _fsync_tree(folder: Path) -> None:
 
 def atomic_folder_write(target: Path, write: Any) -> Path:
     """Write a folder via a temporary sibling and a rename, so readers never see half."""
+    tmp = _begin(target)
+    write(tmp)
+    return _commit(target, tmp)
+
+
+def _begin(target: Path) -> Path:
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
+    return tmp
+
+
+def _commit(target: Path, tmp: Path) -> Path:
+    """Manifest last, fsync, then swap `tmp` in for `target`."""
     write_manifest(tmp)
     _fsync_tree(tmp)
     old = target.with_name(f".old-{target.name}")
@@ -95,21 +106,42 @@ def verify(folder: Path, hashes: bool = True) -> str | None:
 
 
 def save_model(target: Path, strategy: SingleProcess, model: PreTrainedModel,
-               tokenizer: PreTrainedTokenizerBase, state: dict[str, Any] | None = None) -> None:
+               tokenizer: PreTrainedTokenizerBase, state: dict[str, Any] | None = None,
+               optimizer: torch.optim.Optimizer | None = None) -> None:
     """A transformers folder (safetensors + tokenizer; `pipeline()` loads it), plus the
     trainer state for a checkpoint, written atomically. Called on every rank: the strategy
-    gathers the full weights (a collective when sharded) and rank 0 writes."""
-    weights = strategy.full_state_dict(model)
+    gathers the full weights (a collective when sharded) and rank 0 writes. A sharded
+    strategy's checkpoint holds the model and optimizer as distributed-checkpoint shards
+    (SHARDED, every rank writing its own) instead of full weights."""
+    sharded = state is not None and strategy.shards_state
+    weights = None if sharded else strategy.full_state_dict(model)
+    tmp = _begin(target) if strategy.is_main else target.with_name(f".tmp-{target.name}")
+    if sharded:
+        assert optimizer is not None
+        strategy.barrier()  # the folder exists before any rank writes into it
+        save_sharded(tmp / SHARDED, model, optimizer)
+        strategy.barrier()
     if not strategy.is_main:
         return
-
-    def write(tmp: Path) -> None:
+    if sharded:
+        model.config.save_pretrained(tmp)
+    else:
         model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if state is not None:
-            torch.save(state, tmp / STATE_FILE)
+    tokenizer.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, tmp / STATE_FILE)
+    _commit(target, tmp)
 
-    atomic_folder_write(target, write)
+
+def restore(folder: Path, strategy: SingleProcess, model: PreTrainedModel,
+            optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Weights (and, from sharded files, the optimizer) of checkpoint `folder` into `model`;
+    returns the trainer state. Sharded files load onto any number of ranks."""
+    if (folder / SHARDED).is_dir():
+        load_sharded(folder / SHARDED, model, optimizer)
+    else:
+        load_weights(model, folder, strategy)
+    return load_state(folder)
 
 
 def _step_dirs(checkpoints: Path) -> list[Path]:
@@ -184,17 +216,23 @@ def load_state(folder: Path) -> dict[str, Any]:
     return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def load_weights(model: PreTrainedModel, folder: Path) -> None:
+def load_weights(model: PreTrainedModel, folder: Path, strategy: SingleProcess | None = None) -> None:
     """Load safetensors weights saved by save_pretrained into an existing model (an adapted
-    model: the adapter and heads the folder holds)."""
+    model: the adapter and heads the folder holds); a sharded model reads them on rank 0 only
+    and takes its shards from there."""
     adapter = adapter_folder(folder)
     if isinstance(model, PeftModel) and adapter is not None:
         load_adapter_weights(model, adapter)
         return
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(shard))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    reads = strategy is None or strategy.is_main or not strategy.shards_state
+    state = {k: v for shard in sorted(folder.glob("*.safetensors")) if reads
+             for k, v in load_file(shard).items()}
+    if strategy is None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    else:
+        missing, unexpected = strategy.load_full_state_dict(model, state)
+    if not reads:  # the main rank checks what it read
+        return
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
     if unexpected or missing:

@@ -1,5 +1,5 @@
 """Streamed evaluation: a split goes batch by batch through the task's evaluator, sharded
-across DDP ranks and merged, so every rank gets the same metrics from 1/N of the work."""
+across ranks and merged, so every rank gets the same metrics from 1/N of the work."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from sft.tasks.base import Task
 from sft.train.sampling import cut_by_tokens, epoch_batches, make_loader, shard
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: FSDP2 gathers parameters during these forwards, and
+# inference tensors could not be updated by the training step after
+@torch.no_grad()
 def evaluate(task: Task, model: nn.Module, dataset: Dataset, run: RunConfig,
              dtype: torch.dtype | None, strategy: SingleProcess | None = None,
              records: Path | None = None) -> dict[str, float]:
@@ -36,7 +38,12 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, run: RunConfig,
     else:
         batches = [[rows[i] for i in b] for b in epoch_batches(
             len(rows), run.trainer.eval_batch_size, 0, 0, shuffle=False)]
-    device = next(model.parameters()).device
+    real = len(batches)
+    if strategy is not None and strategy.lockstep:  # sharded: forwards are collectives, so a
+        # rank with fewer batches repeats one whose outputs are thrown away
+        batches += [batches[-1] if batches else [0]] * (strategy.max_count(real) - real)
+    # the compute device (offloaded FSDP parameters live on the host)
+    device = strategy.device if strategy is not None else next(model.parameters()).device
     pad = pad_multiple(run.trainer.pad_to_multiple_of, device)
     loader = make_loader(dataset, batches, lambda columns: task.collate(columns, pad),
                          run.data.num_workers)
@@ -47,9 +54,9 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, run: RunConfig,
     if parts:  # a rank may get here before rank 0 has made the run dir
         parts[rank].parent.mkdir(parents=True, exist_ok=True)
     evaluator.write_to(parts[rank] if parts else None)
-    for batch in loader:
+    for i, batch in enumerate(loader):
         with autocast(device, dtype):
-            evaluator.update(model, to_device(batch, device))
+            (evaluator if i < real else task.evaluator()).update(model, to_device(batch, device))
     evaluator.write_to(None)
     model.train(was_training)
     if size > 1:  # gathering also waits for every rank's part to be written

@@ -23,8 +23,9 @@ final metrics. Every feature is a config flag:
   `resume_from` continues bit-identically; SIGINT/SIGTERM finish the step, save and raise
   TrainingInterrupted
 - `hardware.precision` autocast (bf16/fp16 with a grad scaler), `hardware.compile`
-- processes: the parallel strategy (single process, DDP) wraps the model, suppresses
-  gradient sync on all but the last micro-batch, and reduces counts and metrics
+- processes: the parallel strategy (single process, DDP, FSDP2: `parallel`) wraps the model,
+  suppresses gradient sync on all but the last micro-batch, and reduces counts and metrics;
+  the start logs the global batch and an estimate of each rank's memory
 - dynamic padding to `trainer.pad_to_multiple_of` (null: 8 on GPU, none on CPU),
   `trainer.group_by_length` (batches of similar lengths), fused AdamW (`optimizer.fused`);
   the loss is read back to the host only every `trainer.log_steps` steps
@@ -46,17 +47,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sft.config.schema import RunConfig
+from sft.config.schema import RunConfig, TrainerConfig
 from sft.data.collate import to_device
 from sft.data.packing import check_isolation
 from sft.errors import DataError, TrainingError
 from sft.parallel.device import autocast, autocast_dtype, pad_multiple
+from sft.parallel.memory import memory_estimate
 from sft.parallel.strategies import SingleProcess
 from sft.tasks.base import Task
 from sft.tracking.sinks import JsonlSink, Sinks
 from sft.train import checkpoint
 from sft.train.evaluation import evaluate
-from sft.train.interrupt import StopOnSignals, TrainingInterrupted
+from sft.train.interrupt import ECHO_S, StopOnSignals, TrainingInterrupted
 from sft.train.meter import Meter
 from sft.train.optim import Penalty, build_optimizer, build_scheduler
 from sft.train.sampling import batch_plan, epoch_seed, make_loader
@@ -74,6 +76,18 @@ def check_finite(loss: float, step: int) -> None:
                             "optimizer.lr or raise scheduler.warmup (with fp16: bf16 or fp32)")
 
 
+def global_batch(t: TrainerConfig, world_size: int) -> str:
+    """What one optimizer step trains on, across processes and accumulation."""
+    unit = {"examples": f"{t.batch_size} examples",
+            "tokens": f"up to {t.batch_tokens or 'batch_size x max_length'} padded tokens",
+            "packed": f"{t.batch_size} packed rows"}[t.batching]
+    total = (f" = {t.batch_size * world_size * t.grad_accum} "
+             f"{'examples' if t.batching == 'examples' else 'rows'} per optimizer step"
+             if t.batching != "tokens" else " per optimizer step")
+    return (f"{unit} per device x {world_size} process{'es' if world_size > 1 else ''} x "
+            f"{t.grad_accum} accumulation step{'s' if t.grad_accum > 1 else ''}{total}")
+
+
 class Trainer:
     def __init__(self, run: RunConfig, task: Task, model: PreTrainedModel,
                  tokenizer: PreTrainedTokenizerBase, features: DatasetDict, out_dir: Path,
@@ -83,9 +97,10 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.device = strategy.device
         self.dtype = autocast_dtype(run.hardware, self.device)
-        self.model = model.to(self.device)  # the plain model: weights, optimizer, best/
+        # the model the optimizer steps and best/ is saved from (FSDP2 shards it in place)
+        self.model = model.to(self.device)
         # what forward/backward run through: compiled and/or wrapped by the strategy
-        self.wrapped = strategy.wrap(torch.compile(model) if run.hardware.compile else model)
+        self.wrapped = strategy.wrap(self.model, run.hardware.compile)
         t, world = run.trainer, strategy.world
         self.batches = batch_plan(t, run.data.max_length, run.seed, features["train"],
                                   world.rank, world.size)
@@ -111,6 +126,9 @@ class Trainer:
         self.bad_evals = 0
         self.meter = Meter(self.device)
         self.samples = JsonlSink(self.out_dir / SAMPLES_LOG, enabled=strategy.is_main)
+        log.info("global batch: %s", global_batch(t, world.size))
+        log.info("memory per rank (estimated): %s", memory_estimate(self.model, self.optimizer,
+                                                                     strategy))
 
     # -- data ----------------------------------------------------------------------------
     def _steps(self) -> Iterator[list[dict[str, Any]]]:
@@ -149,7 +167,8 @@ class Trainer:
         window_start = time.perf_counter()
         self.model.train()
         progress = self._progress()
-        with progress, StopOnSignals() as signals:
+        echo = ECHO_S if self.strategy.world.size > 1 else 0.0
+        with progress, StopOnSignals(echo) as signals:
             bar = progress.add_task("train", total=self.total_steps, completed=self.step,
                                     loss=float("nan"), lr=0.0, sps=0.0)
             while self.step < self.total_steps:
@@ -269,7 +288,7 @@ class Trainer:
                         **metrics, "eval_s": round(time.perf_counter() - start, 3)})
         log.info("step %d validation %s", self.step,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if self.strategy.is_main:
+        if self.strategy.is_main or self.strategy.lockstep:  # sharded: every rank generates
             for sample in self.task.samples(self.model):
                 self.samples.log({"step": self.step, **sample})
         value, best = metrics[self.run.metric], self.best["value"]
@@ -295,8 +314,10 @@ class Trainer:
                         "batch": step_in_epoch * self.run.trainer.grad_accum,
                         "examples": len(self.features["train"])},
             "metrics_offset": self.sinks.jsonl.size(), "samples_offset": self.samples.size(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            # a sharded strategy saves the optimizer with the weights (sharded files)
+            **({} if self.strategy.shards_state else {"optimizer": self.optimizer.state_dict()}),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": rng_state(), "rng_ranks": self.strategy.gather(rng_state()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -306,16 +327,19 @@ class Trainer:
                             f"{len(self.features['train'])}; resume with the run's data settings")
         self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
         self.meter.load_state_dict(state["meter"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        # each rank's own stream; on another number of ranks, rank 0's
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        set_rng_state(ranks[self.strategy.world.rank] if len(ranks) == self.strategy.world.size
+                      else ranks[0])
 
     def resume_from(self, folder: Path) -> None:
         """Continue exactly where checkpoint `folder` left off: weights, state, and
         metrics.jsonl cut back to what had been logged when it was saved."""
-        checkpoint.load_weights(self.model, folder)
-        state = checkpoint.load_state(folder)
+        state = checkpoint.restore(folder, self.strategy, self.model, self.optimizer)
         self.load_state_dict(state)
         self.sinks.jsonl.truncate(state["metrics_offset"])
         self.samples.truncate(state.get("samples_offset", 0))
@@ -323,7 +347,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         folder = self.out_dir / checkpoint.CHECKPOINTS
         checkpoint.save_model(folder / f"step-{self.step}", self.strategy, self.model,
-                              self.tokenizer, self.state_dict())
+                              self.tokenizer, self.state_dict(), self.optimizer)
         if self.strategy.is_main:
             checkpoint.prune(folder, self.run.trainer.keep_last)
 
@@ -337,7 +361,7 @@ class Trainer:
         result.update({f"validation/{k}": v for k, v in self.best["metrics"].items()})
         result.update({f"signature/{k}": v for k, v in self.task.signatures().items()})
         if "test" in self.features and self.run.trainer.eval_test:
-            checkpoint.load_weights(self.model, self.out_dir / checkpoint.BEST)
+            checkpoint.load_weights(self.model, self.out_dir / checkpoint.BEST, self.strategy)
             test = self.evaluate("test")
             self.sinks.log({"split": "test", "step": self.best["step"], **test})
             result.update({f"test/{k}": v for k, v in test.items()})
