@@ -2,6 +2,7 @@
 
     python scripts/bench.py            # the full bench the README quotes (`make bench`)
     python scripts/bench.py --quick    # a small version, a few minutes on 2 CPU cores
+    python scripts/bench.py --full     # one whole epoch of SST-2 each, sft and HF best (fp32)
 
 MiniLM on SST-2 (batch 32, max length 128, lr 5e-5, linear schedule with 6% warmup, weight
 decay 0.01, clipping 1.0, seed 42), fine-tuned by `sft train` and by the HF Trainer with its
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small version (~3 min on 2 cores)")
+    p.add_argument("--full", action="store_true",
+                   help="one whole epoch per case (sft and HF best, fp32; evaluation and a "
+                        "checkpoint only at the end on both sides) and sft's per-phase breakdown")
     p.add_argument("--repeats", type=int, help="runs per case (median reported); default 3, quick 1")
     p.add_argument("--steps", type=int, help="optimizer steps per run; default 400, quick 12")
     p.add_argument("--padmax-steps", type=int, help="steps of the slow pad-to-max case")
@@ -88,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     args.ablations = (not quick) if args.ablations is None else args.ablations
-    args.repeats = args.repeats or (1 if quick else 3)
+    args.repeats = args.repeats or (1 if quick or args.full else 3)
     args.steps = args.steps or (12 if quick else 400)
     args.padmax_steps = args.padmax_steps or (4 if quick else 40)
     if quick:
@@ -170,7 +174,7 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
 
     def child(section: dict[str, Any], key: str, spec: dict[str, Any]) -> None:
         result = run_child({**base, **spec})
-        if "steps" in spec or spec["kind"] == "sft":
+        if ("steps" in spec or spec["kind"] == "sft") and "steps" not in result:
             result["steps"] = spec.get("steps", base["steps"])
         if section is out["cases"]:
             section.setdefault(key, {"runs": []})["runs"].append(result)
@@ -178,6 +182,8 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
             section[key] = result
         Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
 
+    if args.full:
+        return measure_full(args, out, child)
     # start-up first: the cold launch tokenizes into the (empty) cache the others reuse
     say("start-up: cold then warm tokenization cache")
     for when in ("cold", "warm"):
@@ -205,6 +211,30 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
     say("evaluation memory: 1x and 10x validation set")
     for k in (1, 10):
         child(out["eval_memory"], f"{k}x", {"kind": "evalmem", "eval_repeat": k})
+    for case in out["cases"].values():
+        case["median"] = median_of(case["runs"])
+    return out
+
+
+FULL_CASES = {"sft fp32": {"kind": "sft", "precision": "fp32"},
+              "HF best fp32": {"kind": "hf", "precision": "fp32", "padding": "longest"}}
+
+
+def measure_full(args: argparse.Namespace, out: dict[str, Any], child: Any) -> dict[str, Any]:
+    """One epoch per case, like with like: neither side evaluates or saves before the end
+    (HF: save_strategy="no"; sft: its one evaluation and checkpoint come after the last
+    step, outside train_s). The cold start-up tokenizes into the cache both cases reuse."""
+    say = console.print
+    say("start-up (tokenizes the train split into the cache)")
+    child(out["startup"], "warm", {"kind": "startup"})
+    say("matmul peak")
+    child(out, "matmul", {"kind": "matmul"})
+    for rep in range(args.repeats):
+        for name, case in FULL_CASES.items():
+            if args.cases and name not in args.cases:
+                continue
+            say(f"[{rep + 1}/{args.repeats}] {name} (1 epoch)")
+            child(out["cases"], name, {**case, "name": name, "epochs": 1})
     for case in out["cases"].values():
         case["median"] = median_of(case["runs"])
     return out
@@ -238,31 +268,56 @@ def print_tables(out: dict[str, Any]) -> None:
     table = Table(title=f"sft vs HF Trainer · MiniLM SST-2 · batch {s['batch_size']} · "
                         f"{m['cpu']} ({m['threads']} threads)"
                         + (f" · {m['gpu']}" if m["gpu"] else ""))
-    for col in ("case", "runs", "steps", "samples/s", "real tok/s", "train s", "peak MB", "val acc",
-                "sft/HF best", "model GFLOP/s", "% matmul peak"):
+    for col in ("case", "runs", "steps", "samples/s", "real tok/s", "train s", "pad %", "peak MB",
+                "val acc", "sft/HF best", "model GFLOP/s", "% matmul peak"):
         table.add_column(col, justify="left" if col == "case" else "right")
     for name, case in out["cases"].items():
         med = case["median"]
         ok = sum("error" not in r for r in case["runs"])
-        table.add_row(name, f"{ok}/{len(case['runs'])}", fmt(case["runs"][0]["steps"], "d"),
+        table.add_row(name, f"{ok}/{len(case['runs'])}", fmt(case["runs"][0].get("steps"), "d"),
                       fmt(med.get("samples_per_s"), ".1f"),
                       fmt(med.get("tokens_per_s"), ".0f"), fmt(med.get("train_s"), ".1f"),
-                      fmt(med.get("peak_mb"), ".0f"), fmt(med.get("accuracy"), ".4f"),
+                      fmt(100 * med["padding_fraction"], ".1f") if "padding_fraction" in med
+                      else "-", fmt(med.get("peak_mb"), ".0f"), fmt(med.get("accuracy"), ".4f"),
                       fmt(med.get("vs_hf_best"), ".2f") + ("x" if "vs_hf_best" in med else ""),
                       fmt(med.get("model_gflops"), ".1f"),
                       fmt(100 * med["of_peak"], ".0f") if "of_peak" in med else "-")
     console.print(table)
+    print_phases(out)
     mm = out["matmul"]
     console.print(f"matmul peak: fp32 {fmt(mm.get('fp32_gflops'), '.1f')} GFLOP/s, "
                   f"bf16 {fmt(mm.get('bf16_gflops'), '.1f')} GFLOP/s")
     st = out["startup"]
+    if "cold" not in st:
+        return
     console.print("start-up after model load (data, lengths, optimizer, first batch): cold cache "
                   f"{fmt(st['cold'].get('startup_s'), '.2f')} s, warm cache "
                   f"{fmt(st['warm'].get('startup_s'), '.2f')} s")
     em = out["eval_memory"]
-    console.print("evaluation memory growth (streamed): " + ", ".join(
-        f"{k} ({fmt(v.get('eval_rows'), 'd')} rows) +{fmt(v.get('eval_growth_mb'), '.1f')} MB"
-        for k, v in em.items()))
+    if em:
+        console.print("evaluation memory growth (streamed): " + ", ".join(
+            f"{k} ({fmt(v.get('eval_rows'), 'd')} rows) +{fmt(v.get('eval_growth_mb'), '.1f')} MB"
+            for k, v in em.items()))
+
+
+def print_phases(out: dict[str, Any]) -> None:
+    """Where each sft case's wall time went (the loop's meter: time/<phase>_s)."""
+    table = Table(title="sft: where the run's time goes (seconds, median run)")
+    phases = ["data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "other"]
+    for col in ("case", *phases, "wall"):
+        table.add_column(col, justify="left" if col == "case" else "right")
+    rows = 0
+    for name, case in out["cases"].items():
+        med = case["median"]
+        if "phase/wall_s" not in med:
+            continue
+        wall = med["phase/wall_s"]
+        table.add_row(name, *(f"{med.get(f'phase/{p}_s', 0):.1f} "
+                              f"({100 * med.get(f'phase/{p}_s', 0) / max(wall, 1e-9):.0f}%)"
+                              for p in phases), f"{wall:.1f}")
+        rows += 1
+    if rows:
+        console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,9 @@ def sft_overrides(spec: dict[str, Any]) -> list[str]:
         "task=sentiment", "model=minilm", f"data.dir={spec['data_dir']}",
         f"data.max_length={spec['max_length']}", f"trainer.batch_size={spec['batch_size']}",
         f"optimizer.lr={spec['lr']}", f"scheduler.warmup={spec['warmup']}",
-        f"trainer.max_steps={spec['steps']}", f"trainer.eval_steps={spec['steps']}",
+        # --full: whole epochs, evaluated (and checkpointed) once at the end
+        *([f"trainer.epochs={spec['epochs']}", "trainer.max_steps=-1"] if spec.get("epochs")
+          else [f"trainer.max_steps={spec['steps']}", f"trainer.eval_steps={spec['steps']}"]),
         f"seed={spec['seed']}", f"hardware.device={spec['device']}",
         f"hardware.precision={spec['precision']}", f"hardware.num_threads={spec['threads']}",
         f"data.cache_dir={spec['cache_dir']}", "trainer.progress=false",
@@ -73,6 +75,10 @@ def run_sft(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": metrics["train/tokens_per_s"],
         "train_s": metrics["train/runtime_s"],
         "accuracy": metrics["validation/accuracy"],
+        "steps": metrics["train/steps"],
+        "padding_fraction": metrics["train/padding_fraction"],
+        # where the run's wall time went (the loop's meter): time/data_s -> phase/data_s
+        **{k.replace("time/", "phase/"): v for k, v in metrics.items() if k.startswith("time/")},
     }
 
 
@@ -116,7 +122,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     pad = (DataCollatorWithPadding(prepared.tokenizer, padding="max_length",
                                    max_length=spec["max_length"]) if pad_max
            else DataCollatorWithPadding(prepared.tokenizer))
-    counted = {"samples": 0, "tokens": 0}
+    counted = {"samples": 0, "tokens": 0, "positions": 0}
 
     def collate(features: list[dict]) -> dict:
         return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
@@ -127,6 +133,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         def training_step(self, model, inputs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
             counted["samples"] += len(inputs["input_ids"])
             counted["tokens"] += int(inputs["attention_mask"].sum())
+            counted["positions"] += inputs["attention_mask"].numel()
             return super().training_step(model, inputs, *args, **kwargs)
 
     timer, clock = step_clock()
@@ -139,7 +146,8 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
             output_dir=tmp, per_device_train_batch_size=spec["batch_size"],
             per_device_eval_batch_size=run.trainer.eval_batch_size, learning_rate=spec["lr"],
             weight_decay=0.01, warmup_steps=spec["warmup"], lr_scheduler_type="linear",
-            max_steps=spec["steps"], max_grad_norm=1.0, seed=spec["seed"],
+            max_steps=-1 if spec.get("epochs") else spec["steps"],
+            num_train_epochs=spec.get("epochs") or 1, max_grad_norm=1.0, seed=spec["seed"],
             bf16=spec["precision"] == "bf16", use_cpu=spec["device"] == "cpu",
             train_sampling_strategy="random" if pad_max else "group_by_length",
             length_column_name="length", eval_strategy="no", save_strategy="no",
@@ -153,7 +161,8 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         result = trainer.evaluate()
     return {
         "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds, "train_s": seconds,
-        "accuracy": result["eval_accuracy"],
+        "accuracy": result["eval_accuracy"], "steps": trainer.state.global_step,
+        "padding_fraction": 1 - tokens / max(counted["positions"], 1),
     }
 
 

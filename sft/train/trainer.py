@@ -172,7 +172,9 @@ class Trainer:
             bar = progress.add_task("train", total=self.total_steps, completed=self.step,
                                     loss=float("nan"), lr=0.0, sps=0.0)
             while self.step < self.total_steps:
-                self._train_step(next(stream))
+                with self.meter.phase("data"):
+                    micro_batches = next(stream)
+                self._train_step(micro_batches)
                 progress.update(bar, advance=1)
                 if self.step % t.log_steps == 0 or self.step == self.total_steps:
                     logged = self._log_window(time.perf_counter() - window_start)
@@ -219,18 +221,24 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with self.strategy.no_sync(self.wrapped, last_micro_batch=last):
-                with autocast(self.device, self.dtype):
+                with self.meter.phase("forward"), autocast(self.device, self.dtype):
                     loss_sum = self.task.train_loss(self.wrapped, to_device(batch, self.device))
-                loss = loss_sum / per_rank_targets
-                if last and self.penalty:
-                    # once per step, in the backward DDP reduces: every rank adds the same
-                    # gradient and their average keeps exactly one
-                    loss = loss + self.penalty()
-                self.scaler.scale(loss).backward()
+                    loss = loss_sum / per_rank_targets
+                    if last and self.penalty:
+                        # once per step, in the backward DDP reduces: every rank adds the same
+                        # gradient and their average keeps exactly one
+                        loss = loss + self.penalty()
+                with self.meter.phase("backward"):
+                    self.scaler.scale(loss).backward()
             step_loss += loss_sum.detach()
         return step_loss, examples, tokens, targets, positions
 
     def _optimizer_step(self) -> None:
+        with self.meter.phase("optimizer"):
+            self._update()
+        self.step += 1
+
+    def _update(self) -> None:
         t = self.run.trainer
         if t.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
@@ -239,7 +247,6 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.step += 1
 
     def _log_window(self, seconds: float) -> dict[str, float]:
         """Read the window's loss back (the only host sync of the loop) and log it."""
@@ -283,7 +290,8 @@ class Trainer:
     def _evaluate_and_select(self) -> bool:
         """Evaluate on validation, update best/; True when early stopping should stop."""
         start = time.perf_counter()
-        metrics = self.evaluate("validation")
+        with self.meter.phase("evaluation"):
+            metrics = self.evaluate("validation")
         self.sinks.log({"split": "validation", "step": self.step, "epoch": self._epoch(),
                         **metrics, "eval_s": round(time.perf_counter() - start, 3)})
         log.info("step %d validation %s", self.step,
@@ -345,6 +353,10 @@ class Trainer:
         self.samples.truncate(state.get("samples_offset", 0))
 
     def save_checkpoint(self) -> None:
+        with self.meter.phase("checkpoint"):
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         folder = self.out_dir / checkpoint.CHECKPOINTS
         checkpoint.save_model(folder / f"step-{self.step}", self.strategy, self.model,
                               self.tokenizer, self.state_dict(), self.optimizer)
@@ -354,7 +366,8 @@ class Trainer:
     # -- results -------------------------------------------------------------------------
     def _final_metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = {
-            **(self.meter.summary() if self.step else {}), "train/steps": self.step,
+            **(self.meter.summary() if self.step else {}), **self.meter.breakdown(),
+            "train/steps": self.step,
             "best/step": self.best["step"], "best/metric": f"validation/{self.run.metric}",
             "best/value": self.best["value"], "best/greater_is_better": self.run.greater_is_better,
         }
