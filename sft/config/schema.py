@@ -114,6 +114,8 @@ class TrainerConfig:
     eval_steps: int | None = None  # None: evaluate at every epoch end
     save_steps: int | None = None  # None: checkpoint at every evaluation
     keep_last: int = 2
+    # write checkpoints on a background thread from a CPU copy, while training goes on
+    async_checkpoint: bool = True
     metric: str | None = None  # None: the task's metric; its direction comes from the task
     early_stopping_patience: int | None = None  # evaluations without improvement
     # pad each batch to its longest row, rounded up to this; null: 8 on a GPU (tensor-core

@@ -3,6 +3,10 @@
 A checkpoint folder is written as `.tmp-step-N`, fsynced, and renamed to `step-N`; its
 `manifest.json` (size and sha256 of every file) is written last, so a folder whose manifest
 is missing or does not match its files is half-written or corrupt, and is skipped.
+
+`trainer.async_checkpoint`: the loop takes a CPU copy of the weights and trainer state (the
+state at that step, so resume stays exact) and an AsyncWriter thread writes, hashes, fsyncs
+and renames it while training goes on; one write at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import logging
 import os
 import re
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +111,75 @@ def verify(folder: Path, hashes: bool = True) -> str | None:
     return None
 
 
+def snapshot(obj: Any) -> Any:
+    """A copy of `obj` whose tensors are CPU copies: what an asynchronous write may read
+    while the loop goes on changing the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class AsyncWriter:
+    """Runs one write at a time on a background thread. `submit` first waits for the write
+    before it; `wait` blocks until the current one is done and raises its error, if any."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as err:  # handed to the loop at its next wait
+                self._error = err
+
+        self._thread = threading.Thread(target=run, name="sft-checkpoint", daemon=False)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def save_model(target: Path, strategy: SingleProcess, model: PreTrainedModel,
                tokenizer: PreTrainedTokenizerBase, state: dict[str, Any] | None = None,
-               optimizer: torch.optim.Optimizer | None = None) -> None:
+               optimizer: torch.optim.Optimizer | None = None,
+               writer: AsyncWriter | None = None, after: Callable[[], None] | None = None) -> None:
     """A transformers folder (safetensors + tokenizer; `pipeline()` loads it), plus the
     trainer state for a checkpoint, written atomically. Called on every rank: the strategy
     gathers the full weights (a collective when sharded) and rank 0 writes. A sharded
     strategy's checkpoint holds the model and optimizer as distributed-checkpoint shards
-    (SHARDED, every rank writing its own) instead of full weights."""
+    (SHARDED, every rank writing its own) instead of full weights. With `writer`, rank 0
+    copies weights and state to the CPU and the writer's thread writes them, then calls
+    `after` (sharded checkpoints are written in place, by every rank)."""
     sharded = state is not None and strategy.shards_state
     weights = None if sharded else strategy.full_state_dict(model)
+    if writer is not None and not sharded:
+        if strategy.is_main:
+            weights, state = snapshot(weights), snapshot(state)
+
+            def write() -> None:
+                _write_full(target, model, tokenizer, weights, state)
+                if after is not None:
+                    after()
+
+            writer.submit(write)
+        return
     tmp = _begin(target) if strategy.is_main else target.with_name(f".tmp-{target.name}")
     if sharded:
         assert optimizer is not None
@@ -125,12 +190,28 @@ def save_model(target: Path, strategy: SingleProcess, model: PreTrainedModel,
         return
     if sharded:
         model.config.save_pretrained(tmp)
+        _write_rest(tmp, tokenizer, state)
+        _commit(target, tmp)
     else:
-        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        _write_full(target, model, tokenizer, weights, state, tmp)
+    if after is not None:
+        after()
+
+
+def _write_full(target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                weights: dict[str, torch.Tensor] | None, state: dict[str, Any] | None,
+                tmp: Path | None = None) -> None:
+    tmp = tmp or _begin(target)
+    model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+    _write_rest(tmp, tokenizer, state)
+    _commit(target, tmp)
+
+
+def _write_rest(tmp: Path, tokenizer: PreTrainedTokenizerBase,
+                state: dict[str, Any] | None) -> None:
     tokenizer.save_pretrained(tmp)
     if state is not None:
         torch.save(state, tmp / STATE_FILE)
-    _commit(target, tmp)
 
 
 def restore(folder: Path, strategy: SingleProcess, model: PreTrainedModel,

@@ -17,7 +17,8 @@ final metrics. Every feature is a config flag:
 - evaluation every `trainer.eval_steps` (default: each epoch end) and at the end, streamed
   and sharded across ranks; `trainer.metric` (direction from the task) picks best/,
   `trainer.early_stopping_patience` stops after that many evaluations without improvement
-- checkpoints every `trainer.save_steps` (default: at each evaluation), `trainer.keep_last`;
+- checkpoints every `trainer.save_steps` (default: at each evaluation), `trainer.keep_last`,
+  written by a background thread from a CPU copy (`trainer.async_checkpoint`);
   a checkpoint holds everything the loop depends on (weights, optimizer, scheduler, scaler,
   RNG states, step, the meter with its partial logging window, the metrics.jsonl offset), so
   `resume_from` continues bit-identically; SIGINT/SIGTERM finish the step, save and raise
@@ -33,6 +34,7 @@ final metrics. Every feature is a config flag:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -126,6 +128,7 @@ class Trainer:
         self.bad_evals = 0
         self.meter = Meter(self.device)
         self.samples = JsonlSink(self.out_dir / SAMPLES_LOG, enabled=strategy.is_main)
+        self.writer = checkpoint.AsyncWriter() if t.async_checkpoint else None
         log.info("global batch: %s", global_batch(t, world.size))
         log.info("memory per rank (estimated): %s", memory_estimate(self.model, self.optimizer,
                                                                      strategy))
@@ -168,7 +171,7 @@ class Trainer:
         self.model.train()
         progress = self._progress()
         echo = ECHO_S if self.strategy.world.size > 1 else 0.0
-        with progress, StopOnSignals(echo) as signals:
+        with self._writes_finished(), progress, StopOnSignals(echo) as signals:
             bar = progress.add_task("train", total=self.total_steps, completed=self.step,
                                     loss=float("nan"), lr=0.0, sps=0.0)
             while self.step < self.total_steps:
@@ -199,6 +202,20 @@ class Trainer:
                              self.step, self.run.metric, self.bad_evals)
                     break
         return self._final_metrics()
+
+    @contextlib.contextmanager
+    def _writes_finished(self) -> Iterator[None]:
+        """The loop ends with every checkpoint write complete (an interrupted run's message
+        names a saved checkpoint); when it ends in an error, that error is the one raised."""
+        try:
+            yield
+        except BaseException:
+            if self.writer is not None:
+                with contextlib.suppress(Exception):
+                    self.writer.wait()
+            raise
+        if self.writer is not None:
+            self.writer.wait()
 
     def _train_step(self, micro_batches: list[dict[str, Any]]) -> None:
         """One optimizer update over the step's micro-batches."""
@@ -358,10 +375,11 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         folder = self.out_dir / checkpoint.CHECKPOINTS
+        keep = self.run.trainer.keep_last
         checkpoint.save_model(folder / f"step-{self.step}", self.strategy, self.model,
-                              self.tokenizer, self.state_dict(), self.optimizer)
-        if self.strategy.is_main:
-            checkpoint.prune(folder, self.run.trainer.keep_last)
+                              self.tokenizer, self.state_dict(), self.optimizer, self.writer,
+                              after=(lambda: checkpoint.prune(folder, keep))
+                              if self.strategy.is_main else None)
 
     # -- results -------------------------------------------------------------------------
     def _final_metrics(self) -> dict[str, Any]:
