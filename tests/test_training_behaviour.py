@@ -164,9 +164,9 @@ def test_grad_accum_run_killed_and_resumed_equals_uninterrupted(
 
 
 # -- 3. Ctrl-C ---------------------------------------------------------------------------
-# every step evaluates 256 dev examples, so a step takes long enough for a second signal sent
+# every step evaluates 800 dev examples, so a step takes long enough (~1 s) for a second signal sent
 # right after the first to land inside it; no periodic checkpoints, only the one Ctrl-C saves
-SLOW_STEPS = ["data.max_train_samples=64", "data.max_eval_samples=256", "trainer.batch_size=8",
+SLOW_STEPS = ["data.max_train_samples=64", "data.max_eval_samples=800", "trainer.batch_size=8",
               "trainer.max_steps=200", "trainer.eval_steps=1", "trainer.save_steps=1000",
               "trainer.eval_test=false", "optimizer.lr=1e-3"]
 
