@@ -55,6 +55,7 @@ ABLATIONS: dict[str, list[str]] = {
     "sft fp32 foreach AdamW": ["optimizer.fused=false", "optimizer.foreach=true"],
     "sft fp32 pad_to_multiple_of=8": ["trainer.pad_to_multiple_of=8"],
     "sft fp32 +compile": ["hardware.compile=true"],
+    "sft fp32 -reuse_freed_memory": ["hardware.reuse_freed_memory=false"],
 }
 
 
@@ -217,7 +218,11 @@ def measure(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
 
 
 FULL_CASES = {"sft fp32": {"kind": "sft", "precision": "fp32"},
-              "HF best fp32": {"kind": "hf", "precision": "fp32", "padding": "longest"}}
+              "HF best fp32": {"kind": "hf", "precision": "fp32", "padding": "longest"},
+              # HF does not touch the allocator; this row gives it sft's setting too
+              "HF best fp32 +reuse_freed_memory": {"kind": "hf", "precision": "fp32",
+                                                   "padding": "longest",
+                                                   "keep_freed_memory": True}}
 
 
 def measure_full(args: argparse.Namespace, out: dict[str, Any], child: Any) -> dict[str, Any]:

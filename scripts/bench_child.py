@@ -106,10 +106,13 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from sft.data.features import sequence_lengths
+    from sft.parallel.device import keep_freed_memory
     from sft.run.runner import prepare
     from sft.train.seeding import seed_everything
 
     torch.set_num_threads(spec["threads"])
+    if spec.get("keep_freed_memory"):  # sft's CPU allocator setting, for a like-with-like row
+        keep_freed_memory()
     run = compose_run(spec)
     seed_everything(run.seed)  # the same classifier-head init as sft's run
     prepared = prepare(run)
@@ -254,7 +257,7 @@ def run_evalmem(spec: dict[str, Any]) -> dict[str, Any]:
 def run_startup(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds from 'model loaded' to the first training batch: tokenizer, data (cached
     features on a second launch), lengths, optimizer, first batch."""
-    from sft.parallel.device import apply_threads, resolve_device
+    from sft.parallel.device import apply_host, resolve_device
     from sft.parallel.strategies import make_strategy
     from sft.parallel.world import World
     from sft.run.rundir import RunDir
@@ -263,14 +266,15 @@ def run_startup(spec: dict[str, Any]) -> dict[str, Any]:
     from sft.train.trainer import Trainer
 
     run = compose_run(spec)
-    apply_threads(run.hardware)
+    device = resolve_device(run.hardware)
+    apply_host(run.hardware, device)
     start = time.perf_counter()
     prepared = prepare(run)
     data_s = time.perf_counter() - start
     model = prepared.task.build_model(run.model)
     resumed = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        strategy = make_strategy(World(), resolve_device(run.hardware))
+        strategy = make_strategy(World(), device)
         trainer = Trainer(run, prepared.task, model, prepared.tokenizer, prepared.features,
                           Path(tmp), Sinks(RunDir(tmp).metrics_log()), strategy)
         next(trainer._steps())

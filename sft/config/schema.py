@@ -140,6 +140,9 @@ class HardwareConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that has it)
     compile: bool = False
     num_threads: int | None = None  # torch CPU threads; null: torch's default (physical cores)
+    # on CPU with glibc, keep freed memory in the process for the next step's tensors instead
+    # of unmapping it (sft.parallel.device.keep_freed_memory); false: glibc's defaults
+    reuse_freed_memory: bool = True
 
 
 # how one run spreads over processes (sft.parallel.strategies)

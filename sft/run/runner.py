@@ -23,7 +23,13 @@ from sft.errors import ConfigError, SftError
 from sft.files import sha256_file
 from sft.models.adapters import adapter_folder, merge, parameter_counts
 from sft.models.loading import load_tokenizer, weight_files
-from sft.parallel.device import apply_threads, autocast_dtype, describe_device, resolve_device
+from sft.parallel.device import (
+    apply_host,
+    apply_threads,
+    autocast_dtype,
+    describe_device,
+    resolve_device,
+)
 from sft.parallel.strategies import make_strategy
 from sft.parallel.world import World
 from sft.run.environment import environment
@@ -81,12 +87,12 @@ def train(run: RunConfig, overrides: list[str] | None = None, console: Console |
     """Train `run` into run.run_dir and return the final metrics (also in metrics.json).
     With `run.resume` (the run dir itself), continue from its newest valid checkpoint."""
     world = world or World()
-    apply_threads(run.hardware)
     run_dir = RunDir(run.run_dir, is_main=world.is_main)
     start = resume_point(run, run_dir)
     require(run.logger)  # a missing tracker package fails now, not after loading the model
     seed_everything(run.seed, run.trainer.deterministic)
     device = resolve_device(run.hardware, world.local_rank)
+    apply_host(run.hardware, device)  # before the model and data allocate
     prepared = prepare(run)
     if run.trainer.batching not in prepared.task.batchings():
         raise ConfigError(f"trainer.batching={run.trainer.batching} does not fit task "
