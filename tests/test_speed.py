@@ -109,7 +109,8 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
               for flag in ("true", "false")}
     pages = 5 * 30522 * 384 * 4 // 4096
     assert faults["false"] > pages / 2  # glibc's default: mmap'd, unmapped on free
-    assert faults["true"] < pages / 20
+    # reused: at most a reallocation or two faults in again (0 in most runs)
+    assert faults["true"] < faults["false"] / 2
 
 
 def test_attention_kernel_comes_from_config_and_keeps_the_math() -> None:
